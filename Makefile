@@ -1,0 +1,69 @@
+# Two commands for a newcomer:  make reproduce   and   make test
+# PROFILE selects the run size: smoke (tests), demo (default), paper (GPU).
+PROFILE ?= demo
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
+NBVAL_FLAGS := --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg \
+	--nbval-cell-timeout=1800 -p no:cacheprovider
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+
+.PHONY: help setup data reproduce test unit nbval lab lint bench clean
+
+help:
+	@echo "make reproduce [PROFILE=demo|smoke|paper]  set up, generate data, run every notebook, regenerate figures/"
+	@echo "make test                                  set up, unit tests, nbval on every notebook (smoke profile)"
+	@echo "make lab                                   JupyterLab with this environment's kernel"
+	@echo "make bench                                 benchmark scripts (see benchmarks/)"
+
+# A local virtual environment with the pinned versions; rebuilt when the pins change.
+$(STAMP): requirements.txt requirements-lock.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Python >= 3.11 needed, found " + sys.version' 
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -c requirements-lock.txt
+	$(PY) -c 'import site, pathlib; pathlib.Path(site.getsitepackages()[0], "rpnet_repo.pth").write_text(str(pathlib.Path.cwd()) + "\n")'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+data: $(STAMP)
+	RPNET_PROFILE=$(PROFILE) $(PY) -m utils.cohort --profile $(PROFILE) \
+		$(if $(filter demo,$(PROFILE)),--manifest data_manifest.csv,)
+
+reproduce: $(STAMP) data
+	@for nb in $(NOTEBOOKS); do \
+		echo "== $$nb ($(PROFILE))"; \
+		RPNET_PROFILE=$(PROFILE) $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.kernel_name=python3 "$$nb" || exit 1; \
+	done
+	@echo "figures in $$(RPNET_PROFILE=$(PROFILE) $(PY) -c 'from utils.config import get_paths; print(get_paths().figures_dir)')"
+
+test: $(STAMP) unit nbval
+
+unit: $(STAMP)
+	RPNET_PROFILE=smoke $(PY) -m pytest tests -q
+
+nbval: $(STAMP)
+	RPNET_PROFILE=smoke $(PY) -m pytest $(NBVAL_FLAGS) $(NOTEBOOKS)
+
+lab: $(STAMP)
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (RP-Net .venv)"
+	RPNET_PROFILE=$(PROFILE) $(VENV)/bin/jupyter lab notebooks/
+
+lint: $(STAMP)
+	$(PY) -m ruff check utils tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_matmul.py
+	$(PY) benchmarks/bench_cohort.py --profile $(PROFILE)
+	$(PY) benchmarks/bench_preprocess.py --profile $(PROFILE)
+	$(PY) benchmarks/bench_model.py --profile $(PROFILE)
+	$(PY) benchmarks/bench_loader.py --profile $(PROFILE)
+
+clean:
+	rm -rf runs data/cache

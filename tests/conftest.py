@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny phantom cohort generated once per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from utils import config
+
+SHARED_REFERENCE = config.ROOT.parent / "shared" / "reference"
+
+
+def tiny_profile() -> config.Profile:
+    """The smoke profile with six patients: three training, one internal, two external."""
+    return config.with_overrides(config.get_profile("smoke"), n_training=3, n_internal=1,
+                                 n_external=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Manifest path of a six-patient phantom cohort (read-only: copy before corrupting)."""
+    from utils.cohort import generate_cohort
+
+    out = tmp_path_factory.mktemp("tiny_cohort")
+    return generate_cohort(tiny_profile(), out, workers=2, progress=False)
+
+
+@pytest.fixture()
+def cohort_copy(tiny_cohort: Path, tmp_path: Path) -> Path:
+    """A writable copy of the tiny cohort; returns its manifest path."""
+    target = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort.parent, target)
+    return target / tiny_cohort.name

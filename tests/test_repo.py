@@ -1,0 +1,80 @@
+"""Repository hygiene: pins agree, notebooks are committed clean, outputs are honest."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from utils.config import ROOT
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
+MACHINE_PATHS = ("/work/", "/tmp/", "/root/", "/home/", "/Users/")
+MAX_OUTPUT_LINES = 100
+
+
+def pins(lines: list[str]) -> dict[str, str]:
+    found = {}
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#") and "==" in line:
+            name, version = line.split("==")
+            found[name.strip().lower()] = version.strip()
+    return found
+
+
+def test_environment_yml_has_the_same_pins_as_requirements():
+    requirements = pins((ROOT / "requirements.txt").read_text().splitlines())
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    assert pins(pip_section) == requirements
+    assert "python=3.11" in environment["dependencies"]
+
+
+def test_lock_file_agrees_with_requirements():
+    requirements = pins((ROOT / "requirements.txt").read_text().splitlines())
+    lock = pins((ROOT / "requirements-lock.txt").read_text().splitlines())
+    assert {name: lock.get(name) for name in requirements} == requirements
+
+
+def test_all_notebooks_are_present():
+    names = [p.stem for p in NOTEBOOKS]
+    assert names == ["00_data", "01_preprocessing", "02_model", "03_training", "04_evaluation"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_committed_from_one_clean_in_order_run(path: Path):
+    notebook = json.loads(path.read_text())
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    counts = [c["execution_count"] for c in code]
+    assert counts == list(range(1, len(code) + 1)), "execution counts not 1..N: hidden state?"
+    for cell in code:
+        for output in cell["outputs"]:
+            assert output["output_type"] != "error", f"stored error: {output.get('ename')}"
+            text = "".join(output.get("text", "")) + json.dumps(output.get("data", {}))
+            assert len("".join(output.get("text", "")).splitlines()) <= MAX_OUTPUT_LINES
+            assert not any(p in text for p in MACHINE_PATHS), f"machine path in {path.name}"
+    source = json.dumps([c["source"] for c in notebook["cells"]])
+    assert not any(p in source for p in MACHINE_PATHS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_starts_with_parameters_and_ends_with_versions(path: Path):
+    code = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"]
+            if c["cell_type"] == "code"]
+    assert code[0].startswith("# Parameters")
+    assert "RPNET_PROFILE" in code[0]
+    assert "versions_report()" in code[-1]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_checks_some_output_with_nbval(path: Path):
+    sources = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"]]
+    assert any(re.match(r"#\s*NBVAL_CHECK_OUTPUT", s) for s in sources)
+
+
+def test_ci_runs_make_test():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()

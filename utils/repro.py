@@ -1,0 +1,62 @@
+"""Reproducibility: seeds, op determinism, and the versions-and-date cell."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import platform
+import random
+
+import numpy as np
+
+PACKAGES = ("keras", "tensorflow", "jax", "torch", "SimpleITK", "numpy", "scipy", "pandas",
+            "matplotlib", "sklearn")
+
+
+def set_seeds(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and Keras (hence the backend) and turn on op determinism."""
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def derive_seed(base_seed: int, *keys: object) -> int:
+    """A stable 32-bit seed from a base seed and keys (e.g. a patient id).
+
+    Independent of call order and process, so patients can be handled in parallel.
+    """
+    text = "/".join([str(base_seed), *map(str, keys)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the scientific stack that are importable."""
+    import importlib
+
+    found = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            module = importlib.import_module(name)
+        except Exception:
+            continue
+        found[name] = getattr(module, "__version__", getattr(module, "Version", lambda: "?")())
+    if "keras" in found:
+        import keras
+
+        found["keras_backend"] = keras.backend.backend()
+    return found
+
+
+def versions_report() -> str:
+    """The text of each notebook's closing versions-and-date cell."""
+    lines = [f"{key:>14}: {value}" for key, value in versions().items()]
+    lines.append(f"{'date (UTC)':>14}: {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M}")
+    return "\n".join(lines)
