@@ -483,7 +483,7 @@ def _check_bit_stable(manifest: pd.DataFrame, manifest_path: Path) -> None:
 
 
 def _run_parallel(jobs: list[tuple], workers: int | None, progress: bool) -> list[dict]:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     if not jobs:
         return []

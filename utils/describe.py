@@ -86,6 +86,19 @@ def _slice_at(image: sitk.Image, reference: sitk.Image, z_index: int) -> np.ndar
     return sitk.GetArrayFromImage(resampled)[z_index]
 
 
+def _show_exam_slice(ax: plt.Axes, exam: dict[str, str], sequence: str) -> None:
+    """One exam's ``sequence`` through the tumour's largest T2W slice, with the mask contour."""
+    t2w = read_image(exam["T2W"])
+    mask = sitk.GetArrayFromImage(read_image(exam["mask"]))
+    z_index = _central_slice(mask)
+    pixels = _slice_at(read_image(exam[sequence]), t2w, z_index)
+    ax.imshow(pixels, cmap="gray", vmin=0, vmax=np.percentile(pixels, 99.5))
+    if mask[z_index].any():
+        ax.contour(mask[z_index], levels=[0.5], colors="tab:red", linewidths=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def plot_example_exams(manifest: pd.DataFrame, examples: pd.DataFrame) -> plt.Figure:
     """Pre/post T2W and DWI slices through the tumour, with the mask contours."""
     columns = [(tp, seq) for tp in TIMEPOINTS for seq in SEQUENCES]
@@ -94,22 +107,11 @@ def plot_example_exams(manifest: pd.DataFrame, examples: pd.DataFrame) -> plt.Fi
     for row_axes, (_, patient) in zip(axes, examples.iterrows(), strict=True):
         exams = exam_files(manifest, patient["patient_id"])
         for ax, (timepoint, sequence) in zip(row_axes, columns, strict=True):
-            t2w = read_image(exams[timepoint]["T2W"])
-            mask_image = read_image(exams[timepoint]["mask"])
-            mask = sitk.GetArrayFromImage(mask_image)
-            z_index = _central_slice(mask)
-            pixels = _slice_at(read_image(exams[timepoint][sequence]), t2w, z_index)
-            ax.imshow(pixels, cmap="gray", vmin=0, vmax=np.percentile(pixels, 99.5))
-            if mask[z_index].any():
-                ax.contour(mask[z_index], levels=[0.5], colors="tab:red", linewidths=0.8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if ax is row_axes[0]:
-                ax.set_ylabel(f"{patient['patient_id']} ({patient['centre']})\n"
-                              f"{'pCR' if patient['pcr'] else 'non-pCR'}")
-        for ax, (timepoint, sequence) in zip(row_axes, columns, strict=True):
-            if row_axes is axes[0]:
-                ax.set_title(f"{timepoint} {sequence}")
+            _show_exam_slice(ax, exams[timepoint], sequence)
+        row_axes[0].set_ylabel(f"{patient['patient_id']} ({patient['centre']})\n"
+                               f"{'pCR' if patient['pcr'] else 'non-pCR'}")
+    for ax, (timepoint, sequence) in zip(axes[0], columns, strict=True):
+        ax.set_title(f"{timepoint} {sequence}")
     fig.tight_layout()
     return fig
 

@@ -11,7 +11,7 @@ import random
 import numpy as np
 
 PACKAGES = ("keras", "tensorflow", "jax", "torch", "SimpleITK", "numpy", "scipy", "pandas",
-            "matplotlib", "sklearn")
+            "matplotlib", "scikit-learn")
 
 
 def set_seeds(seed: int, deterministic: bool = True) -> None:
@@ -38,20 +38,16 @@ def derive_seed(base_seed: int, *keys: object) -> int:
 
 
 def versions() -> dict[str, str]:
-    """Versions of Python and the scientific stack that are importable."""
-    import importlib
+    """Versions of Python and of the installed scientific stack (read without importing)."""
+    from importlib import metadata
 
     found = {"python": platform.python_version(), "platform": platform.platform()}
     for name in PACKAGES:
         try:
-            module = importlib.import_module(name)
-        except Exception:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             continue
-        found[name] = getattr(module, "__version__", getattr(module, "Version", lambda: "?")())
-    if "keras" in found:
-        import keras
-
-        found["keras_backend"] = keras.backend.backend()
+    found["keras backend"] = os.environ.get("KERAS_BACKEND", "tensorflow")
     return found
 
 
