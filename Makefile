@@ -21,12 +21,13 @@ help:
 	@echo "make bench                                 benchmark scripts (see benchmarks/)"
 
 # A local virtual environment with the pinned versions; rebuilt when the pins change.
-$(STAMP): requirements.txt requirements-lock.txt
+$(STAMP): requirements.txt requirements-lock.txt .jupyter/ipython_kernel_config.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Python >= 3.11 needed, found " + sys.version' 
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -c requirements-lock.txt
 	$(PY) -c 'import site, pathlib; pathlib.Path(site.getsitepackages()[0], "rpnet_repo.pth").write_text(str(pathlib.Path.cwd()) + "\n")'
+	mkdir -p $(VENV)/etc/ipython && cp .jupyter/ipython_kernel_config.py $(VENV)/etc/ipython/
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -38,7 +39,7 @@ data: $(STAMP)
 reproduce: $(STAMP) data
 	@for nb in $(NOTEBOOKS); do \
 		echo "== $$nb ($(PROFILE))"; \
-		RPNET_PROFILE=$(PROFILE) $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
+		RPNET_PROFILE=$(PROFILE) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.kernel_name=python3 "$$nb" || exit 1; \
 	done
 	@echo "figures in $$(RPNET_PROFILE=$(PROFILE) $(PY) -c 'from utils.config import get_paths; print(get_paths().figures_dir)')"

@@ -177,8 +177,8 @@ def draw_anatomy(rng: np.random.Generator, z_img: float) -> Anatomy:
     wall_point = np.array([rectum_centre[0] + rectum_radius * np.cos(angle),
                            rectum_centre[1] + rectum_radius * np.sin(angle), z0])
     n_lobes = int(rng.integers(3, 6))
-    lobe_centres = wall_point + rng.normal(scale=0.35 * radius, size=(n_lobes, 3)) * [1, 1, 1.4]
-    lobe_radii = radius * rng.uniform(0.55, 0.85, size=(n_lobes, 3)) * [1, 1, 1.3]
+    lobe_centres = wall_point + rng.normal(scale=0.35 * radius, size=(n_lobes, 3)) * [1, 1, 1.2]
+    lobe_radii = radius * rng.uniform(0.55, 0.85, size=(n_lobes, 3)) * [1, 1, 1.15]
     volume_signal = 0.45 * z_img + rng.normal(0, 0.9)
     volume_ratio = float(np.clip(np.exp(-(1.0 + 0.45 * volume_signal)), 0.04, 0.9))
     viable = 0.55 * sigmoid(-2.2 * (z_img - 0.6)) + rng.normal(0, 0.02)

@@ -57,18 +57,18 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", seed=2021, n_training=16, n_internal=8, n_external=8,
-        spacing_zyx=(4.0, 2.5, 2.5), roi_zyx=(16, 32, 32),
+        spacing_zyx=(5.0, 2.5, 2.5), roi_zyx=(16, 32, 32),
         depth=3, base_filters=4, epochs=2, batch_size=4, learning_rate=1e-3,
         phantom_resolution=0.6,
     ),
     "demo": Profile(
         name="demo", seed=2021, n_training=120, n_internal=60, n_external=60,
-        spacing_zyx=(4.0, 2.0, 2.0), roi_zyx=(16, 40, 40),
+        spacing_zyx=(5.0, 2.0, 2.0), roi_zyx=(16, 40, 40),
         depth=4, base_filters=8, epochs=24, batch_size=4, learning_rate=1e-3,
     ),
     "paper": Profile(
         name="paper", seed=2021, n_training=321, n_internal=160, n_external=141,
-        spacing_zyx=(2.0, 1.0, 1.0), roi_zyx=(32, 96, 96),
+        spacing_zyx=(3.0, 1.0, 1.0), roi_zyx=(32, 96, 96),
         depth=5, base_filters=16, epochs=150, batch_size=2, learning_rate=1e-3,
     ),
 }
