@@ -78,6 +78,22 @@ PAPER_AUC = {"full": {"internal_validation": (0.95, 0.91, 0.98),
 FIGURES: dict[str, tuple[str, str, str]] = {
     "fig00_example_exams": ("00_data", "example pre/post T2W and DWI exams per centre",
                             "example MRI of responders and non-responders"),
+    "fig01_bias_correction": ("01_preprocessing", "T2W before/after N4 and the bias field",
+                              "— (added: preprocessing QC)"),
+    "fig01_registration_checkerboard": ("01_preprocessing",
+                                        "pre/post checkerboard before and after registration",
+                                        "— (added: the release did not register)"),
+    "fig01_intensity_normalisation": ("01_preprocessing",
+                                      "per-centre intensity histograms before/after",
+                                      "— (added: preprocessing QC)"),
+    "fig01_crop_montage": ("01_preprocessing", "final ROI crops with tumour masks",
+                           "network inputs"),
+    "fig02_architecture": ("02_model", "schematic of the Siamese RP-Net",
+                           "network architecture diagram"),
+    "fig02_untrained_forward_pass": ("02_model", "one patient through the untrained network",
+                                     "— (added)"),
+    "fig03_training_curves": ("03_training", "loss, Dice and AUC per epoch (fit / tune)",
+                              "— (added)"),
     "fig04_roc": ("04_evaluation", "ROC per cohort, AUC with DeLong 95% CI",
                   "ROC curves of 3D RP-Net in training and validation cohorts"),
     "fig04_pr": ("04_evaluation", "precision-recall curves per cohort", "— (added)"),
@@ -96,8 +112,6 @@ FIGURES: dict[str, tuple[str, str, str]] = {
                               "— (added)"),
     "fig04_gradcam": ("04_evaluation", "3D Grad-CAM of the pCR output on T2W",
                       "visualisation of the regions driving the prediction"),
-    "fig04_training_curves": ("04_evaluation", "training and tuning loss / AUC per epoch",
-                              "— (added)"),
 }
 
 
@@ -1182,29 +1196,6 @@ def plot_grad_cam(panels: Sequence[Mapping]) -> plt.Figure:
                 continue
             _overlay(ax, panel["images"][branch], panel["masks"]["pre"], None,
                      f"{panel['title']}: {branch}", heat=panel["maps"][branch])
-    fig.tight_layout()
-    return fig
-
-
-def plot_training_logs(logs_dir: str | Path) -> plt.Figure | None:
-    """Fallback when utils.train has no plot_training_curves: loss and every ``*auc`` column
-    of each variant's CSV log (Keras CSVLogger) against epoch; None when no logs exist."""
-    files = sorted(Path(logs_dir).glob("*/*.csv"))
-    if not files:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for path in files:
-        log = pd.read_csv(path)
-        variant = path.parent.name
-        for ax, pattern in ((axes[0], "loss"), (axes[1], "auc")):
-            for column in [c for c in log.columns if c.endswith(pattern) and "mask" not in c]:
-                style = "--" if column.startswith("val_") else "-"
-                ax.plot(log.get("epoch", log.index), log[column], style,
-                        label=f"{variant}: {column}")
-    axes[0].set(xlabel="epoch", ylabel="loss")
-    axes[1].set(xlabel="epoch", ylabel="AUC")
-    for ax in axes:
-        ax.legend(fontsize=5.5, frameon=False)
     fig.tight_layout()
     return fig
 
