@@ -58,6 +58,7 @@ import SimpleITK as sitk
 
 from .config import SEQUENCES, TIMEPOINTS, Profile, get_paths, get_profile
 from .io import save_npz_atomic, sha256_file, write_atomic, write_json_atomic, write_text_atomic
+from .manifest import load_manifest, read_image
 
 PIPELINE_VERSION = "1"
 Images = Mapping[str, sitk.Image]
@@ -787,34 +788,6 @@ def roi_to_original(mask_roi_zyx: np.ndarray, pair: PreprocessedPair | Mapping[s
 
 
 # --------------------------------------------------------------------------- manifest I/O
-def _manifest_module():
-    try:
-        from . import manifest
-    except ImportError:  # pragma: no cover - only before utils.manifest exists
-        return None
-    return manifest
-
-
-def read_image(path: str | os.PathLike) -> sitk.Image:
-    """Read an image via ``utils.manifest.read_image`` (NIfTI, NRRD/MHA, DICOM folder)."""
-    module = _manifest_module()
-    if module is not None:
-        return module.read_image(path)
-    return sitk.ReadImage(str(path))  # pragma: no cover
-
-
-def load_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    """The manifest with absolute ``image_file`` / ``mask_file`` columns."""
-    module = _manifest_module()
-    if module is not None:
-        return module.load_manifest(path)
-    df = pd.read_csv(path, dtype={"patient_id": str})  # pragma: no cover
-    base = Path(path).resolve().parent
-    for src, dst in (("image_path", "image_file"), ("mask_path", "mask_file")):
-        df[dst] = [str(base / p) if isinstance(p, str) and p else None for p in df[src]]
-    return df
-
-
 def _exam_rows(patient_rows: pd.DataFrame, patient_id: str, timepoint: str) -> pd.DataFrame:
     rows = patient_rows[patient_rows["timepoint"] == timepoint]
     if rows.empty:
@@ -1004,7 +977,7 @@ TABLE_COLUMNS = ["patient_id", "cohort", "centre", "status", "error_type", "erro
 def _run_all(groups: list[pd.DataFrame], params: PreprocessParams, out_dir: Path,
              workers: int, progress: bool) -> list[dict[str, Any]]:
     """Cache look-ups here (cheap), then the patients still to do on ``workers`` processes."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     bar = tqdm(total=len(groups), desc="preprocess", unit="patient", disable=not progress)
     rows, todo = [], []
