@@ -10,6 +10,7 @@ NBVAL_FLAGS := --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanit
 	--nbval-cell-timeout=1800 -p no:cacheprovider
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONHASHSEED := 0
+export PYTHONUTF8 := 1
 export MPLBACKEND := Agg
 
 .PHONY: help setup data reproduce test unit nbval lab lint bench clean

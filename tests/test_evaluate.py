@@ -346,7 +346,7 @@ def test_readme_results_table_matches_metrics_json():
     if not metrics_path.exists():
         pytest.skip("results/metrics.json does not exist yet: run notebooks/04_evaluation.ipynb "
                     "on the demo profile (make reproduce)")
-    section = ev.readme_section((ROOT / "README.md").read_text())
+    section = ev.readme_section((ROOT / "README.md").read_text(encoding="utf-8"))
     assert section is not None, "README.md lacks the <!-- results:start/end --> markers"
     assert section == ev.readme_results_table(json.loads(metrics_path.read_text()))
 

@@ -27,16 +27,16 @@ def pins(lines: list[str]) -> dict[str, str]:
 
 
 def test_environment_yml_has_the_same_pins_as_requirements():
-    requirements = pins((ROOT / "requirements.txt").read_text().splitlines())
-    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    requirements = pins((ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text(encoding="utf-8"))
     pip_section = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
     assert pins(pip_section) == requirements
     assert "python=3.11" in environment["dependencies"]
 
 
 def test_lock_file_agrees_with_requirements():
-    requirements = pins((ROOT / "requirements.txt").read_text().splitlines())
-    lock = pins((ROOT / "requirements-lock.txt").read_text().splitlines())
+    requirements = pins((ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
+    lock = pins((ROOT / "requirements-lock.txt").read_text(encoding="utf-8").splitlines())
     assert {name: lock.get(name) for name in requirements} == requirements
 
 
@@ -47,7 +47,7 @@ def test_all_notebooks_are_present():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_committed_from_one_clean_in_order_run(path: Path):
-    notebook = json.loads(path.read_text())
+    notebook = json.loads(path.read_text(encoding="utf-8"))
     code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
     counts = [c["execution_count"] for c in code]
     assert counts == list(range(1, len(code) + 1)), "execution counts not 1..N: hidden state?"
@@ -63,7 +63,7 @@ def test_notebook_is_committed_from_one_clean_in_order_run(path: Path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_starts_with_parameters_and_ends_with_versions(path: Path):
-    code = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"]
+    code = ["".join(c["source"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
             if c["cell_type"] == "code"]
     assert code[0].startswith("# Parameters")
     assert "RPNET_PROFILE" in code[0]
@@ -72,7 +72,7 @@ def test_notebook_starts_with_parameters_and_ends_with_versions(path: Path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_checks_some_output_with_nbval(path: Path):
-    sources = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"]]
+    sources = ["".join(c["source"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"]]
     assert any(re.match(r"#\s*NBVAL_CHECK_OUTPUT", s) for s in sources)
 
 

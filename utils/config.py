@@ -64,7 +64,7 @@ PROFILES: dict[str, Profile] = {
     "demo": Profile(
         name="demo", seed=2021, n_training=120, n_internal=60, n_external=60,
         spacing_zyx=(5.0, 2.0, 2.0), roi_zyx=(16, 40, 40),
-        depth=4, base_filters=8, epochs=24, batch_size=4, learning_rate=1e-3,
+        depth=4, base_filters=8, epochs=4, batch_size=4, learning_rate=1e-3,
     ),
     "paper": Profile(
         name="paper", seed=2021, n_training=321, n_internal=160, n_external=141,

@@ -774,12 +774,12 @@ def readme_section(text: str) -> str | None:
 def update_readme(readme: str | Path, metrics: Mapping) -> bool:
     """Rewrite README's results section from ``metrics`` (atomic); False when the README has
     no results markers (nothing is written)."""
-    text = Path(readme).read_text()
+    text = Path(readme).read_text(encoding="utf-8")
     if readme_section(text) is None:
         return False
     new = replace_readme_section(text, readme_results_table(metrics))
     if new != text:
-        write_atomic(readme, lambda tmp: tmp.write_text(new))
+        write_atomic(readme, lambda tmp: tmp.write_text(new, encoding="utf-8"))
     return True
 
 

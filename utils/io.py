@@ -43,7 +43,7 @@ def write_atomic(target: str | os.PathLike, writer: Callable[[Path], None]) -> P
 
 
 def write_text_atomic(target: str | os.PathLike, text: str) -> Path:
-    return write_atomic(target, lambda p: p.write_text(text))
+    return write_atomic(target, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def write_json_atomic(target: str | os.PathLike, obj) -> Path:
