@@ -50,14 +50,16 @@ def synthetic_arrays(profile: config.Profile, n: int = 40) -> dict[str, tr.Patie
     return out
 
 
-def cached_arrays(profile: config.Profile) -> dict[str, tr.PatientArrays] | None:
+def cached_arrays(profile: config.Profile, cache_dir: Path | None = None
+                  ) -> dict[str, tr.PatientArrays] | None:
     paths = tr.TrainPaths.for_profile(profile.name)
-    if not (paths.cache_dir / "processed.csv").exists() or not paths.manifest.exists():
+    cache_dir = cache_dir or paths.cache_dir
+    if not (cache_dir / "processed.csv").exists() or not paths.manifest.exists():
         return None
     from utils.manifest import load_manifest, patient_table
 
     patients = patient_table(load_manifest(paths.manifest))
-    arrays, _ = tr.load_patients(paths.cache_dir, patients[patients["cohort"] == "training"])
+    arrays, _ = tr.load_patients(cache_dir, patients[patients["cohort"] == "training"])
     return arrays or None
 
 
@@ -98,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=24, help="loader batches to time")
     parser.add_argument("--steps", type=int, default=6, help="training steps to time")
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--cache", type=Path, default=None, help="cache folder (default: the "
+                        "profile's)")
     args = parser.parse_args(argv)
     profile = config.get_profile(args.profile)
     bs = args.batch_size or profile.batch_size
-    arrays = cached_arrays(profile)
+    arrays = cached_arrays(profile, args.cache)
     source = "cache" if arrays else "synthetic"
     arrays = arrays or synthetic_arrays(profile)
     load_before = os.getloadavg()

@@ -10,8 +10,8 @@ Random data of the profile's shapes (ROI x 2 channels, masks, labels) and the pr
 otherwise; XLA via ``jit_compile="auto"``. Reports the device, compile (first-step) time,
 samples/s after warm-up, the achieved TFLOP/s (3 x analytic forward FLOPs per sample) and
 peak device memory. Writes ``$OUT/bench_train_gpu_<profile>_<backend>.json`` if ``$OUT`` is
-set, else ``benchmarks/results/``. On a CPU it runs two steps and says it is not a GPU
-measurement.
+set, else ``benchmarks/results/`` (``_cpu`` appended without a GPU). On a CPU it runs two
+steps and says it is not a GPU measurement.
 
 It imports only Keras, NumPy, ``utils.config`` and ``utils.model`` (no TensorFlow unless that
 is the backend), so it runs under ``KERAS_BACKEND=jax`` without TensorFlow installed.
@@ -116,10 +116,10 @@ def measure(profile: config.Profile, batch_size: int, steps: int, warmup: int,
             "jit_compile": str(getattr(model, "jit_compile", "auto"))}
 
 
-def output_path(profile: str, backend: str) -> Path:
+def output_path(profile: str, backend: str, gpu: bool) -> Path:
     base = Path(os.environ["OUT"]) if os.environ.get("OUT") else (
         Path(__file__).resolve().parent / "results")
-    return base / f"bench_train_gpu_{profile}_{backend}.json"
+    return base / f"bench_train_gpu_{profile}_{backend}{'' if gpu else '_cpu'}.json"
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                "device": device, "n_gpus": len(gpus), "gpu_measurement": bool(gpus),
                "roi_zyx": list(profile.roi_zyx), "depth": profile.depth,
                "base_filters": profile.base_filters, **result}
-    target = output_path(profile.name, backend)
+    target = output_path(profile.name, backend, bool(gpus))
     write_json(target, payload)
     print(f"{result['samples_per_s']:.2f} samples/s (batch {result['batch_size']}, "
           f"{result['step_ms']:.0f} ms/step, {result['achieved_tflops']:.3g} TFLOP/s, "

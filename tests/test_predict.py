@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -101,11 +102,11 @@ def test_window_starts_cover_the_axis():
     assert pr.window_starts(16, 16) == [0]
     starts = pr.window_starts(50, 16)
     assert starts[0] == 0 and starts[-1] == 34
-    assert all(b - a <= 8 for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a <= 8 for a, b in itertools.pairwise(starts))
 
 
 def test_cli_writes_nifti_masks_and_json(tiny_cohort, trained, tmp_path):
-    prof, paths = trained
+    _, paths = trained
     pid = _ok_patients(paths)[0]
     exams = _exam(tiny_cohort, pid)
     truth = read_image(exams["pre"]["mask"])

@@ -40,7 +40,7 @@ def plot_bias_correction(t2w: sitk.Image, params: pp.PreprocessParams, z_index: 
                          ) -> tuple[plt.Figure, dict[str, float]]:
     """T2W before N4, the fitted bias field, and after; plus the body's coefficient of variation."""
     corrected, bias = pp.n4_correct(t2w, params)
-    body = sitk.GetArrayViewFromImage(pp.body_mask(t2w, params.body_threshold_factor)) > 0
+    body = sitk.GetArrayFromImage(pp.body_mask(t2w, params.body_threshold_factor)) > 0
     raw = sitk.GetArrayFromImage(sitk.Cast(t2w, sitk.sitkFloat32))
     fixed = sitk.GetArrayFromImage(corrected)
     field = sitk.GetArrayFromImage(bias)

@@ -39,9 +39,12 @@ and run the same code on each; :func:`setup_device` then uses
 ``MultiWorkerMirroredStrategy``. Give each worker its own :class:`TrainPaths` run folder
 (worker 0, the chief, holds the checkpoints that matter). JAX and PyTorch: one device.
 
-Budget: one training step of the demo ``full`` model (batch 4, ROI 16x40x40) takes about
-0.4-0.5 s on 2 quiet CPU cores, plus about 30 s per variant for graph tracing and predicting
-all patients; the demo's 4 epochs train all six variants in about 10 minutes.
+Budget (2 CPU cores): one training step of the demo ``full`` model (batch 4, ROI 16x40x40)
+takes 0.45 s on an idle machine (0.9 s when another process shares the cores; batch 8 gives
+no more samples/s), plus about 20 s per variant to trace the graphs and 15 s to predict all
+patients. The demo's 4 epochs (37 steps each) train all six variants in about 10 minutes
+(584 s measured idle); the smoke profile takes under 2 minutes. More epochs did not raise the
+validation AUC on the phantom (6 and 8 epochs tried).
 
 Checkpoints: after every epoch, atomically, ``epoch_NNN.keras`` (weights and optimiser state)
 then ``state.json`` (epoch, best metric, schedule counters, dropout seed-generator states, CSV
