@@ -11,7 +11,6 @@ NBVAL_FLAGS := --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanit
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONHASHSEED := 0
 export PYTHONUTF8 := 1
-export MPLBACKEND := Agg
 
 .PHONY: help setup data reproduce test unit nbval lab lint bench clean
 
