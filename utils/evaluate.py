@@ -25,7 +25,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from scipy import stats as sps
 
 from . import segmetrics
 from . import stats as st
@@ -278,30 +277,6 @@ def choose_operating_points(scores: pd.DataFrame,
 _RATES = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
 
 
-def _wilson(k: int, n: int, level: float) -> tuple[float, float, float]:
-    """Proportion k/n with the Wilson score CI (scipy ``binomtest``); 0/0 gives NaN."""
-    if n == 0:
-        return np.nan, np.nan, np.nan
-    ci = sps.binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
-    return k / n, float(ci.low), float(ci.high)
-
-
-def _rates(y: np.ndarray, s: np.ndarray, threshold: float, level: float) -> dict:
-    """Counts and the five rates with Wilson CIs; valid for one-class cohorts too (the rate
-    whose denominator is empty is NaN). Same definitions as
-    :func:`utils.stats.binary_performance`."""
-    called = s >= threshold
-    tp, fp = int(np.sum(called & (y == 1))), int(np.sum(called & (y == 0)))
-    fn, tn = int(np.sum(~called & (y == 1))), int(np.sum(~called & (y == 0)))
-    out: dict = {"threshold": threshold, "tp": tp, "fp": fp, "tn": tn, "fn": fn}
-    pairs = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp),
-             "ppv": (tp, tp + fp), "npv": (tn, tn + fn), "accuracy": (tp + tn, y.size)}
-    for name, (k, n) in pairs.items():
-        value, low, high = _wilson(k, n, level)
-        out.update({name: value, f"{name}_low": low, f"{name}_high": high})
-    return out
-
-
 def performance_table(scores: pd.DataFrame, thresholds: pd.DataFrame,
                       level: float = 0.95) -> pd.DataFrame:
     """Sensitivity, specificity, PPV, NPV and accuracy (Wilson score CIs) of every model in
@@ -315,7 +290,7 @@ def performance_table(scores: pd.DataFrame, thresholds: pd.DataFrame,
             if np.isnan(chosen["threshold"]):
                 row.update({"threshold": np.nan, "note": "no threshold: " + chosen["note"]})
             else:
-                row.update(_rates(y, s, float(chosen["threshold"]), level))
+                row.update(st.binary_rates(y, s, float(chosen["threshold"]), level))
                 row["note"] = _undefined_reason(y)
             rows.append(row)
     return _ordered(pd.DataFrame(rows), scores)

@@ -254,14 +254,11 @@ def _wilson(successes: int, trials: int, level: float) -> tuple[float, float, fl
     return successes / trials, float(ci.low), float(ci.high)
 
 
-def binary_performance(y_true, score, threshold: float, level: float = 0.95) -> dict:
-    """Sensitivity, specificity, PPV, NPV and accuracy at ``threshold`` (positive when
-    score >= threshold), each with a Wilson score CI (scipy ``binomtest``), plus the counts.
+def binary_rates(y: np.ndarray, s: np.ndarray, threshold: float, level: float = 0.95) -> dict:
+    """Counts and the five rates of :func:`binary_performance`, without input validation.
 
-    Keys: tp, fp, tn, fn, and for each measure ``<name>``, ``<name>_low``, ``<name>_high``.
-    A 0/0 proportion (e.g. PPV with no positive calls) is NaN.
+    Works on a one-class cohort: the rate whose denominator is empty is NaN.
     """
-    y, s = _check_scores(y_true, score)
     called = s >= threshold
     tp, fp = int(np.sum(called & (y == 1))), int(np.sum(called & (y == 0)))
     fn, tn = int(np.sum(~called & (y == 1))), int(np.sum(~called & (y == 0)))
@@ -273,6 +270,17 @@ def binary_performance(y_true, score, threshold: float, level: float = 0.95) -> 
         value, low, high = _wilson(k, n, level)
         result.update({name: value, f"{name}_low": low, f"{name}_high": high})
     return result
+
+
+def binary_performance(y_true, score, threshold: float, level: float = 0.95) -> dict:
+    """Sensitivity, specificity, PPV, NPV and accuracy at ``threshold`` (positive when
+    score >= threshold), each with a Wilson score CI (scipy ``binomtest``), plus the counts.
+
+    Keys: tp, fp, tn, fn, and for each measure ``<name>``, ``<name>_low``, ``<name>_high``.
+    A 0/0 proportion (e.g. PPV with no positive calls) is NaN.
+    """
+    y, s = _check_scores(y_true, score)
+    return binary_rates(y, s, threshold, level)
 
 
 # ----------------------------------------------------------------------------- curves
