@@ -65,6 +65,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_preprocess.py --profile $(PROFILE)
 	$(PY) benchmarks/bench_model.py --profile $(PROFILE)
 	$(PY) benchmarks/bench_loader.py --profile $(PROFILE)
+	$(PY) benchmarks/bench_training_budget.py --profile $(PROFILE)
+	$(PY) benchmarks/exp_training_schedule.py --profile $(PROFILE)
 
 clean:
 	rm -rf runs data/cache

@@ -19,7 +19,9 @@ from utils.manifest import MARKERS
 
 SHAPE = (8, 16, 16)
 SPACING = (4.0, 2.0, 2.0)
-MODELS = ("full", "single_task", "pre_only", "post_only", "untied", "bottleneck_join")
+MODELS = ("full", "paper_head", "single_task", "pre_only", "post_only", "untied",
+          "bottleneck_join")
+SEEDS = {"full": 3}  # the main model has three replicas; the others one
 MASK_MODELS = ("full", "pre_only")
 
 
@@ -42,7 +44,8 @@ def _patients(n_per_cohort: int, rng: np.random.Generator) -> pd.DataFrame:
             p_true = float(rng.beta(1.2, 2.5))
             rows.append({"patient_id": f"{cohort[:2].upper()}{i:03d}", "cohort": cohort,
                          "centre": "A" if cohort != "external_validation" else "B",
-                         "p_true": p_true, "pcr": int(rng.random() < p_true)})
+                         "p_true": p_true, "z_img": ev.logit(p_true) + rng.normal(0, 0.5),
+                         "pcr": int(rng.random() < p_true)})
     table = pd.DataFrame(rows)
     for cohort in COHORTS:  # guarantee both classes in every cohort
         index = table.index[table["cohort"] == cohort]
@@ -91,9 +94,12 @@ def write_synthetic_run(results_dir: Path, masks_dir: Path, cache_dir: Path,
     rows = []
     for k, model in enumerate(MODELS):
         noise = 0.5 + 0.4 * k
-        logit = ev.logit(patients["p_true"]) * 2 + rng.normal(0, noise, len(patients))
-        rows.append(patients.assign(model=model, score=1 / (1 + np.exp(-logit)),
-                                    dice_pre=np.nan, dice_post=np.nan))
+        for seed in range(SEEDS.get(model, 1)):
+            logit = ev.logit(patients["p_true"]) * 2 + rng.normal(0, noise, len(patients))
+            rows.append(patients.assign(model=model, seed=seed, score=1 / (1 + np.exp(-logit)),
+                                        score_source=np.where(patients["cohort"] == "training",
+                                                              "out_of_fold", "model"),
+                                        dice_pre=np.nan, dice_post=np.nan))
     predictions = pd.concat(rows, ignore_index=True)[ev.PREDICTION_COLUMNS]
     results_dir.mkdir(parents=True, exist_ok=True)
     predictions.to_csv(results_dir / "predictions.csv", index=False)
@@ -101,13 +107,15 @@ def write_synthetic_run(results_dir: Path, masks_dir: Path, cache_dir: Path,
     pd.DataFrame({"patient_id": training, "subset": ["tune" if i % 2 else "fit"
                                                      for i in range(len(training))]}
                  ).to_csv(results_dir / "split.csv", index=False)
+    pd.DataFrame({"patient_id": training, "fold": np.arange(len(training)) % 3}
+                 ).to_csv(results_dir / "folds.csv", index=False)
     manifest = patients.assign(timepoint="pre", sequence="T2W", image_path="x.nii.gz",
                                mask_path="m.nii.gz")
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest.drop(columns=["p_true"]).to_csv(manifest_path, index=False)
     if oracle_path is not None:
-        patients[["patient_id", "cohort", "centre", "pcr", "p_true"]].to_csv(oracle_path,
-                                                                              index=False)
+        patients[["patient_id", "cohort", "centre", "pcr", "p_true", "z_img"]].to_csv(
+            oracle_path, index=False)
     return patients
 
 
@@ -127,7 +135,8 @@ def _evaluate(root: Path, predictions: pd.DataFrame | None = None, **kwargs) -> 
     patients = kwargs.pop("patients", patient_table(load_manifest(root / "manifest.csv")))
     return ev.run_evaluation(predictions, patients, ev.read_optional_csv(
         root / "results" / "split.csv"), ev.read_optional_csv(root / "oracle.csv"),
-        root / "masks", root / "cache", n_boot=200, **kwargs)
+        root / "masks", root / "cache", n_boot=200,
+        folds=ev.read_optional_csv(root / "results" / "folds.csv"), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +146,8 @@ def evaluation(run_dir: Path) -> ev.Evaluation:
 
 # ----------------------------------------------------------------------------- structure
 def test_full_evaluation_has_expected_structure(evaluation: ev.Evaluation):
-    models = set(MODELS) | {ev.VOLUME_GT, ev.VOLUME_PRED, ev.ORACLE, ev.INTEGRATED}
+    models = set(MODELS) | {ev.VOLUME_GT, ev.VOLUME_PRED, ev.ORACLE, ev.IMAGE_ORACLE,
+                            ev.INTEGRATED, *ev.HANDCRAFTED}
     assert set(evaluation.auc["model"]) == models
     assert len(evaluation.auc) == len(models) * len(COHORTS)
     assert evaluation.auc["auc"].between(0, 1).all()
@@ -146,7 +156,7 @@ def test_full_evaluation_has_expected_structure(evaluation: ev.Evaluation):
     assert set(evaluation.thresholds["method"]) == set(st.THRESHOLD_METHODS)
     assert len(evaluation.performance) == len(models) * len(COHORTS) * 2
     families = set(evaluation.tests["family"])
-    assert families == {"ablation", "volume baseline", "integrated"}
+    assert families == {"ablation", "handcrafted baseline", "volume baseline", "integrated"}
     assert evaluation.tests["p_two_sided"].between(0, 1).all()
     assert (evaluation.tests["p_greater_holm"] >= evaluation.tests["p_greater"] - 1e-12).all()
     seg = evaluation.segmentation
@@ -174,6 +184,10 @@ def test_metrics_json_has_required_keys(evaluation: ev.Evaluation, tmp_path: Pat
             missing = set(ev.METRIC_KEYS) - set(entry)
             assert not missing, f"{cohort}/{model} lacks {missing}"
         assert models["full"]["dice_pre"] is not None and models["full"]["oracle_auc"] > 0.5
+        assert models["full"]["image_oracle_auc"] > 0.5
+        assert models["full"]["n_seeds"] == 3 and models["paper_head"]["n_seeds"] == 1
+        assert models["full"]["auc_seed_min"] <= models["full"]["auc_seed_mean"]
+        assert {m for m in models if "handcrafted" in m} == set(ev.HANDCRAFTED)
         assert models["single_task"]["dice_pre"] is None  # NaN -> null
     assert "NaN" not in path.read_text()
     assert "not the paper" in metrics["meta"]["note"].lower()
@@ -235,11 +249,12 @@ def test_integrated_model_is_fitted_on_training_rows_only(run_dir: Path,
     scores = evaluation.scores[evaluation.scores["model"] != ev.INTEGRATED].copy()
     scores.loc[scores["cohort"] != "training", "pcr"] = 1 - scores["pcr"]
     split = ev.read_optional_csv(run_dir / "results" / "split.csv")
-    other = ev.fit_integrated(ev.integrated_inputs(scores, corrupted), ev.tune_ids(split))
+    other = ev.fit_integrated(ev.integrated_inputs(scores, corrupted), ev.tune_ids(split),
+                              out_of_fold=True)
     pd.testing.assert_frame_equal(evaluation.integrated.coefficients, other.coefficients)
     assert other.intercept == evaluation.integrated.intercept
-    assert "tune subset" in evaluation.integrated.fit_on
-    assert evaluation.integrated.n_fit == 12  # half of the 24 training patients
+    assert "out-of-fold" in evaluation.integrated.fit_on
+    assert evaluation.integrated.n_fit == 24  # every training patient (scores out-of-fold)
 
 
 def test_integrated_model_falls_back_to_training_cohort_without_tune_subset(
@@ -295,9 +310,13 @@ def test_figures_are_saved(evaluation: ev.Evaluation, run_dir: Path, tmp_path: P
 # ----------------------------------------------------------------------------- Grad-CAM
 @pytest.fixture(scope="module")
 def tiny_rpnet():
-    from utils.model import build_rpnet
+    from utils.model import build_rpnet, head_vector_model, set_readout
 
-    return build_rpnet((8, 16, 16, 2), "full", depth=3, base_filters=2, seed=1)
+    model = build_rpnet((8, 16, 16, 2), "full", depth=3, base_filters=2, seed=1,
+                        pcr_gradient=True)
+    width = head_vector_model(model).output.shape[-1]
+    set_readout(model, np.linspace(-1, 1, width), 0.0)  # a readout that uses every feature
+    return model
 
 
 def test_grad_cam_on_rpnet_has_input_shape_and_is_non_negative(tiny_rpnet):
@@ -356,3 +375,51 @@ def test_figure_table_lists_every_fig04_file():
     for stem in ev.FIGURES:
         assert f"`figures/{stem}.png`" in table
     assert all(line.count("|") == 5 for line in table.strip().splitlines())
+
+
+# ----------------------------------------------------------------------------- seeds
+def test_seed_average_is_the_mean_logit_and_keeps_one_row_per_patient():
+    rows = pd.DataFrame({"model": "full", "seed": [0, 1, 2], "patient_id": "P1",
+                         "cohort": "training", "centre": "A", "pcr": 1,
+                         "score": [0.2, 0.5, 0.9]})
+    averaged = ev.seed_average(pd.concat([rows, rows.iloc[[0]].assign(model="other")]))
+    full = averaged[averaged["model"] == "full"].iloc[0]
+    expected = 1 / (1 + np.exp(-np.mean(ev.logit([0.2, 0.5, 0.9]))))
+    assert full["score"] == pytest.approx(expected) and full["n_seeds"] == 3
+    assert len(averaged) == 2 and averaged.loc[averaged["model"] == "other", "score"].item() == (
+        pytest.approx(0.2))
+
+
+def test_seed_auc_table_has_one_auc_per_seed(run_dir: Path):
+    predictions = ev.load_predictions(run_dir / "results" / "predictions.csv")
+    table = ev.seed_auc_table(predictions)
+    full = table[(table["model"] == "full") & (table["cohort"] == "internal_validation")]
+    assert sorted(full["seed"]) == [0, 1, 2]
+    one = full.iloc[0]
+    rows = predictions[(predictions["model"] == "full") & (predictions["seed"] == one["seed"])
+                       & (predictions["cohort"] == "internal_validation")]
+    assert one["auc"] == pytest.approx(st.roc_auc(rows["pcr"].to_numpy(), rows["score"].to_numpy()))
+    summary = ev.seed_summary(table).set_index(["model", "cohort"])
+    assert summary.loc[("full", "internal_validation"), "auc_seed_min"] == pytest.approx(
+        full["auc"].min())
+
+
+def test_handcrafted_baseline_is_compared_with_the_main_model(evaluation: ev.Evaluation):
+    tests = evaluation.tests[evaluation.tests["family"] == "handcrafted baseline"]
+    assert set(tests["model_b"]) == set(ev.HANDCRAFTED)
+    assert evaluation.handcrafted is not None and len(evaluation.handcrafted) == 8
+
+
+def test_input_attribution_has_input_shape_and_is_non_negative(tiny_rpnet):
+    rng = np.random.default_rng(1)
+    inputs = {b: rng.normal(size=(8, 16, 16, 2)).astype(np.float32) for b in ("pre", "post")}
+    maps = ev.input_attribution(tiny_rpnet, inputs)
+    assert all(m.shape == (8, 16, 16) and m.min() >= 0 for m in maps.values())
+    assert max(m.max() for m in maps.values()) == pytest.approx(1.0)
+
+
+def test_grad_cam_refuses_a_detached_head():
+    from utils.model import build_rpnet
+
+    with pytest.raises(ValueError, match="detached"):
+        ev.branch_feature_tensors(build_rpnet((8, 16, 16, 2), "full", depth=3, base_filters=2))

@@ -104,6 +104,24 @@ def test_seed_makes_weights_reproducible(untied):
 
 
 # --------------------------------------------------------------------------- gradients
+def _pcr_gradients(model: keras.Model, weights: list) -> list[float]:
+    """Max |d pcr-loss / d w| of each weight, with a non-zero final unit (the zero-initialised
+    unit would block every gradient behind it)."""
+    import tensorflow as tf
+
+    width = rp.head_vector_model(model).output.shape[-1]
+    rp.set_readout(model, np.linspace(-1, 1, width), 0.1)
+    x, y = _data(rp.VARIANTS[rp.variant_of(model)])
+    with tf.GradientTape() as tape:
+        loss = keras.losses.BinaryCrossentropy()(y["pcr"], model(x, training=True)["pcr"])
+    return [0.0 if g is None else float(tf.reduce_max(tf.abs(g)))
+            for g in tape.gradient(loss, weights)]
+
+
+def _backbone_weights(model: keras.Model) -> list:
+    return [w for b in _backbones(model) for w in b.trainable_weights]
+
+
 def test_gradients_reach_both_inputs_and_every_head(full):
     if keras.backend.backend() != "tensorflow":
         pytest.skip("GradientTape test runs under the TensorFlow backend")
@@ -118,11 +136,67 @@ def test_gradients_reach_both_inputs_and_every_head(full):
         total = sum(weights[k] * losses[k](y[k], pred[k]) for k in losses)
     for name, tensor in x.items():
         assert float(tf.reduce_max(tf.abs(tape.gradient(total, tensor)))) > 0, name
-    heads = [w for w in full.trainable_weights if w.path.split("/")[0].startswith(
-        ("join_", "pcr")) or w.path.split("/")[-2].startswith("seg")]
-    assert len(heads) == 15  # 2 seg convs, 3 join convs and their norms, pcr dense
+    heads = [w for w in full.trainable_weights if w.path.endswith("kernel") and (
+        w.path.split("/")[0] == "pcr" or w.path.split("/")[-2].startswith("seg"))]
+    assert len(heads) == 3  # 2 seg convs and the pcr unit; the zero-initialised unit passes
+    # no gradient to the head's batch norm before it at the first step
     for weight, grad in zip(heads, tape.gradient(total, heads), strict=True):
         assert grad is not None and float(tf.reduce_max(tf.abs(grad))) > 0, weight.path
+
+
+def test_pcr_loss_stops_at_the_head_unless_asked():
+    """The design choice: by default the pCR loss trains the readout only."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("GradientTape test runs under the TensorFlow backend")
+    detached = _build("full")
+    assert max(_pcr_gradients(detached, _backbone_weights(detached))) == 0.0
+    assert max(_pcr_gradients(detached, detached.get_layer("pcr").trainable_weights)) > 0
+    for model in (_build("full", pcr_gradient=True), _build("single_task")):
+        grads = _pcr_gradients(model, _backbone_weights(model))
+        assert sum(g > 0 for g in grads) > len(grads) // 2, model.name
+
+
+def test_tumour_head_reads_the_predicted_tumour():
+    """Head vector blocks: pooled joins, log volumes and masked moments of the inputs, the
+    latter equal to NumPy on the binary predicted masks; set_readout gives the output."""
+    model = _build("full")
+    x, _ = _data(rp.VARIANTS["full"])
+    groups = rp.head_groups(model)
+    assert [g for g, _ in groups][:3] == list(rp.JOINS) and groups[-1][0] == "tumour"
+    vector = keras.ops.convert_to_numpy(rp.head_vector_model(model)(x, training=False))
+    assert vector.shape == (BATCH, sum(w for _, w in groups))
+    probe = keras.Model(model.inputs, {
+        "masks": {b: model.get_layer(rp.MASKS[b]).output for b in rp.BRANCHES},
+        "volumes": model.get_layer("tumour_log_volumes").output,
+        "moments": model.get_layer("tumour_moments_post_in_pre").output})
+    out = keras.tree.map_structure(keras.ops.convert_to_numpy, probe(x, training=False))
+    binary = {b: out["masks"][b][..., 0] >= 0.5 for b in rp.BRANCHES}
+    counts = [binary[b].reshape(BATCH, -1).sum(1) for b in rp.BRANCHES]
+    np.testing.assert_allclose(out["volumes"], np.stack(
+        [np.log1p(counts[0]), np.log1p(counts[1]), np.log1p(counts[1]) - np.log1p(counts[0])],
+        -1), rtol=1e-5, atol=1e-5)
+    for i in range(BATCH):
+        inside = x["post"][i][binary["pre"][i]]
+        mean = inside.sum(0) / (len(inside) + 1.0)  # MaskedAverage: epsilon 1 voxel
+        np.testing.assert_allclose(out["moments"][i, :2], mean, rtol=1e-4, atol=1e-5)
+    coef = np.linspace(-0.5, 0.5, vector.shape[1])
+    rp.set_readout(model, coef, -0.3)
+    expected = 1 / (1 + np.exp(-(vector @ coef - 0.3)))
+    np.testing.assert_allclose(_call(model, x)["pcr"][:, 0], expected, rtol=1e-4)
+
+
+def test_masked_layers_on_known_values():
+    x = np.zeros((1, 2, 2, 2, 1), np.float32)
+    x[0, 0, 0, :, 0] = [2.0, 4.0]
+    w = np.zeros((1, 2, 2, 2, 1), np.float32)
+    w[0, 0, 0, :, 0] = 1.0
+    moments = keras.ops.convert_to_numpy(rp.MaskedMoments(epsilon=0.0)([x, w]))
+    np.testing.assert_allclose(moments, [[3.0, 1.0]], rtol=1e-6)
+    empty = keras.ops.convert_to_numpy(rp.MaskedAverage()([x, np.zeros_like(w)]))
+    assert empty[0, 0] == 0.0
+    union = keras.ops.convert_to_numpy(rp.SoftUnion()([np.full((1, 1), 0.5), np.full((1, 1),
+                                                                                        0.5)]))
+    assert union[0, 0] == pytest.approx(0.75)
 
 
 # --------------------------------------------------------------------------- train / save

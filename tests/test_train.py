@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import keras
@@ -279,6 +282,13 @@ def test_run_outputs_and_model_card(cohort: Path, runs: dict):
         assert column in log, column
     state = json.loads((paths.checkpoints_dir / "full" / tr.STATE_FILE).read_text())
     assert state["done"] and state["epoch"] == 2 and state["checkpoint"] == "epoch_002.keras"
+    readout = card["readout"]
+    assert not card["prior_correction"] and readout["k_folds"] == 5
+    assert readout["features"] in {row["features"] for row in readout["cv"]}
+    model = keras.saving.load_model(result.model_path, compile=False)
+    assert np.abs(model.get_layer("pcr").get_weights()[0]).sum() > 0  # the refitted unit
+    oof = pd.read_csv(paths.readout_dir / "full.csv", dtype={"patient_id": str})
+    assert len(oof) == COHORT_SIZES["training"] and oof["oof_score"].between(0, 1).all()
     again = tr.fit_variant("full", tr.prepare_data(tiny_profile(), paths), tiny_profile(), CFG,
                           paths)
     assert again.skipped
@@ -288,10 +298,21 @@ def test_run_outputs_and_model_card(cohort: Path, runs: dict):
 def test_train_all_writes_predictions(cohort: Path, runs: dict, capsys):
     paths = paths_under(cohort, "run_a")
     variants = ("full", "single_task")
-    table = tr.train_all(tiny_profile(), variants, CFG, paths, progress=False)
+    table = tr.train_all(tiny_profile(), variants, CFG, paths, seeds={"full": 2},
+                         progress=False)
     written = pd.read_csv(paths.predictions_csv, dtype={"patient_id": str})
     assert list(written.columns) == tr.PREDICTION_COLUMNS
-    assert len(written) == len(table) == sum(COHORT_SIZES.values()) * len(variants)
+    assert len(written) == len(table) == sum(COHORT_SIZES.values()) * 3  # full x 2, single x 1
+    assert sorted(written.groupby("model")["seed"].unique().map(list).to_dict().items()) == [
+        ("full", [0, 1]), ("single_task", [0])]
+    replicas = written[written["model"] == "full"].pivot(index="patient_id", columns="seed",
+                                                         values="score")
+    assert not np.allclose(replicas[0], replicas[1])  # another seed, another network
+    training = written[written["cohort"] == "training"]
+    assert (training["score_source"] == "out_of_fold").all()
+    assert (written.loc[written["cohort"] != "training", "score_source"] == "model").all()
+    folds = pd.read_csv(paths.folds_csv, dtype={"patient_id": str})
+    assert set(folds["patient_id"]) == set(training["patient_id"])
     assert written["score"].between(0, 1).all()
     assert set(written["cohort"]) == set(COHORT_SIZES)
     by = written.set_index("model")
@@ -302,7 +323,7 @@ def test_train_all_writes_predictions(cohort: Path, runs: dict, capsys):
     assert masks["mask_pre"].dtype == np.uint8 and masks["mask_pre"].shape == ROI
     assert not (paths.predicted_masks_dir / "single_task").exists()
     out = capsys.readouterr().out
-    assert len(out.splitlines()) <= 1 + 2 * len(variants)
+    assert len(out.splitlines()) <= 1 + 2 * 3
 
 
 def test_prediction_columns_of_a_one_mask_variant(data: tr.TrainData):
@@ -333,3 +354,30 @@ def test_outputs_are_float32_under_mixed_precision():
 
 def test_device_summary_mentions_backend():
     assert keras.backend.backend() in tr.device_summary()
+
+
+_FRESH_RUN = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from test_train import CFG, paths_under, tiny_profile
+    from utils import train as tr
+    root = Path({root!r})
+    paths = paths_under(root, sys.argv[1])
+    data = tr.prepare_data(tiny_profile(), paths)
+    tr.fit_variant("full", data, tiny_profile(), CFG, paths, resume=False)
+""")
+
+
+def test_fresh_processes_give_identical_weights(cohort: Path):
+    """Two trainings (two epochs, shuffled balanced batches, augmentation, readout refit) in
+    two fresh Python processes end with bit-identical weights."""
+    script = _FRESH_RUN.format(tests=str(Path(__file__).parent), root=str(cohort))
+    for run in ("fresh_a", "fresh_b"):
+        subprocess.run([sys.executable, "-c", script, run], check=True, timeout=600,
+                       cwd=config.ROOT)
+    a = _weights(paths_under(cohort, "fresh_a").models_dir / "full.keras")
+    b = _weights(paths_under(cohort, "fresh_b").models_dir / "full.keras")
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)

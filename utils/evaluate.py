@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from . import segmetrics
 from . import stats as st
+from .baseline import HANDCRAFTED_GT, HANDCRAFTED_PRED
 from .config import COHORTS, TIMEPOINTS
 from .io import write_atomic, write_json_atomic
 from .manifest import MARKERS
@@ -35,26 +36,34 @@ from .repro import derive_seed
 
 # ----------------------------------------------------------------------------- names
 MAIN_MODEL = "full"
-ABLATIONS: tuple[str, ...] = ("single_task", "pre_only", "post_only", "untied",
+ABLATIONS: tuple[str, ...] = ("paper_head", "single_task", "pre_only", "post_only", "untied",
                               "bottleneck_join")
+HANDCRAFTED: tuple[str, ...] = (HANDCRAFTED_PRED, HANDCRAFTED_GT)
 VOLUME_GT = "volume_reduction_gt"
 VOLUME_PRED = "volume_reduction_pred"
 ORACLE = "oracle"
+IMAGE_ORACLE = "image_oracle"
+ORACLES: tuple[str, ...] = (ORACLE, IMAGE_ORACLE)
 INTEGRATED = "integrated"
 VALIDATION_COHORTS: tuple[str, ...] = COHORTS[1:]
 PRIMARY_METHOD = "closest_topleft"
 ID_COLUMNS = ["patient_id", "cohort", "centre", "pcr"]
-PREDICTION_COLUMNS = ["model", *ID_COLUMNS, "score", "vol_pre_true_ml", "vol_post_true_ml",
-                      "vol_pre_pred_ml", "vol_post_pred_ml", "dice_pre", "dice_post"]
+PREDICTION_COLUMNS = ["model", "seed", *ID_COLUMNS, "score", "score_source", "vol_pre_true_ml",
+                      "vol_post_true_ml", "vol_pre_pred_ml", "vol_post_pred_ml", "dice_pre",
+                      "dice_post"]
 INTEGRATED_FEATURES: tuple[str, ...] = ("deep_logit", *MARKERS)
 VOLUME_FLOOR_ML = 1e-3  # 1 mm^3: an empty predicted pre-treatment mask still gives a score
 METRIC_KEYS: tuple[str, ...] = ("auc", "auc_ci_low", "auc_ci_high", "sensitivity",
                                 "specificity", "dice_pre", "dice_post", "hd95_pre",
-                                "hd95_post", "oracle_auc")
+                                "hd95_post", "oracle_auc", "image_oracle_auc")
 README_MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
 
 MODEL_LABELS: dict[str, str] = {
     "full": "3D RP-Net (full)",
+    "paper_head": "release's pCR head (whole-ROI pooling)",
+    HANDCRAFTED_PRED: "handcrafted (predicted masks)",
+    HANDCRAFTED_GT: "handcrafted (GT masks)",
+    IMAGE_ORACLE: "image-only oracle (phantom latent)",
     "single_task": "single-task (pCR only)",
     "pre_only": "pre-treatment exam only",
     "post_only": "post-treatment exam only",
@@ -85,13 +94,17 @@ FIGURES: dict[str, tuple[str, str, str]] = {
     "fig01_intensity_normalisation": ("01_preprocessing",
                                       "per-centre intensity histograms before/after",
                                       "— (added: preprocessing QC)"),
+    "fig01_dwi_clip": ("01_preprocessing", "post-treatment tumour DWI under the former and "
+                       "the current clip rule", "—"),
     "fig01_crop_montage": ("01_preprocessing", "final ROI crops with tumour masks",
                            "network inputs"),
     "fig02_architecture": ("02_model", "schematic of the Siamese RP-Net",
                            "network architecture diagram"),
+    "fig02_tumour_head": ("02_model", "where the tumour-guided pCR head pools, per join",
+                          "— (this package's head)"),
     "fig02_untrained_forward_pass": ("02_model", "one patient through the untrained network",
                                      "— (added)"),
-    "fig03_training_curves": ("03_training", "loss, Dice and AUC per epoch (fit / tune)",
+    "fig03_training_curves": ("03_training", "loss, pCR loss, Dice and AUC per epoch (fit / tune)",
                               "— (added)"),
     "fig04_roc": ("04_evaluation", "ROC per cohort, AUC with DeLong 95% CI",
                   "ROC curves of 3D RP-Net in training and validation cohorts"),
@@ -109,8 +122,9 @@ FIGURES: dict[str, tuple[str, str, str]] = {
                           "— (added)"),
     "fig04_decision_curves": ("04_evaluation", "net benefit vs treat-all / treat-none",
                               "— (added)"),
-    "fig04_gradcam": ("04_evaluation", "3D Grad-CAM of the pCR output on T2W",
-                      "visualisation of the regions driving the prediction"),
+    "fig04_attribution": ("04_evaluation", "input x gradient of the pCR logit on DWI "
+                          "(the voxels that drive the prediction)",
+                          "visualisation of the regions driving the prediction"),
 }
 
 
@@ -125,7 +139,9 @@ def load_predictions(path: str | Path) -> pd.DataFrame:
     missing = [c for c in ["model", *ID_COLUMNS, "score"] if c not in table.columns]
     if missing:
         raise ValueError(f"{path.name}: missing columns {missing}")
-    duplicated = table.duplicated(["model", "patient_id"])
+    if "seed" not in table.columns:
+        table["seed"] = 0
+    duplicated = table.duplicated(["model", "seed", "patient_id"])
     if duplicated.any():
         first = table[duplicated].iloc[0]
         raise ValueError(f"{path.name}: {int(duplicated.sum())} duplicate rows, e.g. model "
@@ -151,6 +167,49 @@ def tune_ids(split: pd.DataFrame | None) -> set[str]:
     return set()
 
 
+# ----------------------------------------------------------------------------- seeds
+def seed_average(predictions: pd.DataFrame) -> pd.DataFrame:
+    """One row per model and patient: the mean logit over the model's seeds (a seed
+    ensemble, ``n_seeds`` column); the other columns come from seed 0 (its masks)."""
+    table = predictions.reset_index(drop=True)
+    if "seed" not in table.columns:
+        table["seed"] = 0
+    table["_logit"] = logit(table["score"])
+    grouped = table.groupby(["model", "patient_id"], sort=False)
+    mean_logit = grouped["_logit"].transform("mean")
+    table["n_seeds"] = grouped["seed"].transform("nunique")
+    table["score"] = 1.0 / (1.0 + np.exp(-mean_logit))
+    first = table.sort_values("seed", kind="stable").drop_duplicates(["model", "patient_id"])
+    return first.drop(columns=["_logit"]).sort_index().reset_index(drop=True)
+
+
+def seed_auc_table(predictions: pd.DataFrame) -> pd.DataFrame:
+    """AUC of every model, seed and cohort (``model, seed, cohort, n, n_pcr, auc``)."""
+    rows = []
+    table = predictions if "seed" in predictions.columns else predictions.assign(seed=0)
+    for (model, seed, cohort), group in table.groupby(["model", "seed", "cohort"], sort=True):
+        y, s, _ = _xy(group)
+        reason = _undefined_reason(y)
+        rows.append({"model": model, "seed": int(seed), "cohort": cohort, "n": len(y),
+                     "n_pcr": int(y.sum()), "auc": np.nan if reason else st.roc_auc(y, s)})
+    return pd.DataFrame(rows, columns=["model", "seed", "cohort", "n", "n_pcr", "auc"])
+
+
+def seed_summary(seed_aucs: pd.DataFrame) -> pd.DataFrame:
+    """Per model and cohort: number of seeds, mean, SD (ddof 1), min and max AUC."""
+    grouped = seed_aucs.groupby(["model", "cohort"], sort=False)["auc"]
+    table = grouped.agg(n_seeds="count", auc_seed_mean="mean", auc_seed_sd="std",
+                        auc_seed_min="min", auc_seed_max="max").reset_index()
+    return table
+
+
+def training_scores_out_of_fold(predictions: pd.DataFrame, model: str = MAIN_MODEL) -> bool:
+    """True when every training-cohort score of ``model`` is an out-of-fold readout score."""
+    rows = predictions[(predictions["model"] == model) & (predictions["cohort"] == "training")]
+    return (len(rows) > 0 and "score_source" in rows.columns
+            and bool((rows["score_source"] == "out_of_fold").all()))
+
+
 # ----------------------------------------------------------------------------- scores
 def volume_reduction(vol_pre_ml, vol_post_ml, floor_ml: float = VOLUME_FLOOR_ML) -> np.ndarray:
     """Volume-reduction score 1 - V_post / V_pre (higher = more shrinkage = more likely pCR);
@@ -163,8 +222,10 @@ def volume_reduction(vol_pre_ml, vol_post_ml, floor_ml: float = VOLUME_FLOOR_ML)
 def score_table(predictions: pd.DataFrame, oracle: pd.DataFrame | None = None,
                 main_model: str = MAIN_MODEL) -> pd.DataFrame:
     """Long table ``model, patient_id, cohort, centre, pcr, score`` of every model in
-    ``predictions`` plus the baselines: volume reduction from ground-truth and from the main
-    model's predicted masks, and the phantom oracle (true pCR probability) when given."""
+    ``predictions`` (one row per patient: seed-average them first, :func:`seed_average`) plus
+    the baselines: volume reduction from ground-truth and from the main model's predicted
+    masks, and, for the phantom, the oracle (true pCR probability) and the image-only oracle
+    (the latent imaging response ``z_img``, the ceiling for an imaging model)."""
     main = predictions[predictions["model"] == main_model]
     if main.empty:
         raise ValueError(f"no rows for the main model {main_model!r}; models present: "
@@ -177,15 +238,18 @@ def score_table(predictions: pd.DataFrame, oracle: pd.DataFrame | None = None,
             score = volume_reduction(main[columns[0]], main[columns[1]])
             parts.append(ids.assign(model=name, score=score))
     if oracle is not None:
-        merged = ids.merge(oracle[["patient_id", "p_true"]], on="patient_id", how="left")
-        parts.append(merged.rename(columns={"p_true": "score"}).assign(model=ORACLE))
+        for name, column in ((ORACLE, "p_true"), (IMAGE_ORACLE, "z_img")):
+            if column in oracle.columns:
+                merged = ids.merge(oracle[["patient_id", column]], on="patient_id", how="left")
+                parts.append(merged.rename(columns={column: "score"}).assign(model=name))
     table = pd.concat(parts, ignore_index=True)[["model", *ID_COLUMNS, "score"]]
     return table.astype({"score": float, "pcr": int})
 
 
 def models_in(scores: pd.DataFrame) -> list[str]:
     """Models of a score table in display order (main, ablations, baselines, others)."""
-    order = [MAIN_MODEL, *ABLATIONS, VOLUME_GT, VOLUME_PRED, INTEGRATED, ORACLE]
+    order = [MAIN_MODEL, *ABLATIONS, *HANDCRAFTED, VOLUME_GT, VOLUME_PRED, INTEGRATED,
+             IMAGE_ORACLE, ORACLE]
     present = list(dict.fromkeys(scores["model"]))
     return [m for m in order if m in present] + [m for m in present if m not in order]
 
@@ -348,6 +412,8 @@ def default_comparisons(models: Iterable[str]) -> list[Comparison]:
     """Full model vs each ablation and each volume baseline; integrated vs imaging model."""
     present = set(models)
     found = [Comparison(MAIN_MODEL, m, "ablation", f"full > {m}?") for m in ABLATIONS]
+    found += [Comparison(MAIN_MODEL, m, "handcrafted baseline", f"full > {m}?")
+              for m in HANDCRAFTED]
     found += [Comparison(MAIN_MODEL, m, "volume baseline", f"full > {m}?")
               for m in (VOLUME_GT, VOLUME_PRED)]
     found.append(Comparison(INTEGRATED, MAIN_MODEL, "integrated", "integrated > full?"))
@@ -438,7 +504,8 @@ def integrated_inputs(scores: pd.DataFrame, patients: pd.DataFrame,
 
 
 def fit_integrated(inputs: pd.DataFrame, tune: set[str] | None = None,
-                   min_per_class: int = 3, C: float = 1.0) -> IntegratedModel:
+                   min_per_class: int = 3, C: float = 1.0,
+                   out_of_fold: bool = False) -> IntegratedModel:
     """Logistic regression of ``deep_logit`` + log1p(CEA, CA19-9 pre and post) (median
     imputation, standardisation, L2 with ``C``; :func:`utils.stats.fit_integrated_model`),
     fitted on **training-cohort rows only**.
@@ -447,11 +514,15 @@ def fit_integrated(inputs: pd.DataFrame, tune: set[str] | None = None,
     non-pCR patients (its deep scores are out-of-sample: the network never fitted them,
     although they guided model selection); otherwise the whole training cohort, whose deep
     scores are in-sample and optimistic, which inflates the deep-score coefficient.
+    ``out_of_fold=True`` (the training scores are out-of-fold readout scores,
+    :mod:`utils.readout`): the whole training cohort.
     """
     training = inputs[inputs["cohort"] == "training"]
     subset = training[training["patient_id"].isin(tune or set())]
     counts = np.bincount(subset["pcr"].to_numpy(int), minlength=2)
-    if len(subset) and counts.min() >= min_per_class:
+    if out_of_fold:
+        rows, fit_on = training, "whole training cohort (deep scores out-of-fold)"
+    elif len(subset) and counts.min() >= min_per_class:
         rows, fit_on = subset, "training cohort, tune subset (deep scores out-of-sample)"
     else:
         rows = training
@@ -477,15 +548,17 @@ def segmentation_table(masks_dir: str | Path | None, cache_dir: str | Path | Non
                        ) -> pd.DataFrame:
     """Dice, HD95 and mean surface distance (mm) of each predicted mask against the cached
     ground-truth ROI mask (:func:`utils.segmetrics.segmentation_metrics`), per model, patient
-    and time point. Models default to the sub-folders of ``masks_dir``; patients without a
-    predicted mask or cache file are skipped (``None`` folders give an empty table)."""
+    and time point. Models default to the sub-folders of ``masks_dir`` (first seed only);
+    patients without a predicted mask or cache file are skipped (``None`` folders give an
+    empty table)."""
     columns = ["model", "patient_id", "cohort", "timepoint", "dice", "hd95_mm", "msd_mm",
                "vol_pred_ml", "vol_true_ml"]
     if masks_dir is None or cache_dir is None or not Path(masks_dir).exists():
         return pd.DataFrame(columns=columns)
     masks_dir, cache_dir = Path(masks_dir), Path(cache_dir)
-    if models is None:
-        models = sorted(p.name for p in masks_dir.iterdir() if p.is_dir())
+    if models is None:  # every variant's first replica (run folders ``<variant>_seed<k>``)
+        models = sorted(p.name for p in masks_dir.iterdir()
+                        if p.is_dir() and not re.search(r"_seed\d+$", p.name))
     rows = []
     for model in models:
         for patient_id, cohort in zip(patients["patient_id"], patients["cohort"], strict=True):
@@ -624,22 +697,30 @@ def _clean(value):
 
 
 def build_metrics(auc: pd.DataFrame, performance: pd.DataFrame, seg_summary: pd.DataFrame,
-                  meta: Mapping, method: str = PRIMARY_METHOD) -> dict:
+                  meta: Mapping, method: str = PRIMARY_METHOD,
+                  seeds: pd.DataFrame | None = None) -> dict:
     """``metrics.json`` content: ``meta`` plus ``cohorts[cohort][model]`` with AUC (DeLong and
     bootstrap CIs), threshold rates at the ``method`` operating point, segmentation medians
-    (Dice, HD95, MSD per time point) and the cohort's oracle AUC (None when absent).
-    The oracle itself is not listed as a model."""
+    (Dice, HD95, MSD per time point), the cohort's oracle and image-only oracle AUCs (None
+    when absent) and, for models trained with several seeds, the per-seed AUC summary
+    (:func:`seed_summary`). The oracles themselves are not listed as models."""
     oracle = auc[auc["model"] == ORACLE].set_index("cohort")["auc"].to_dict()
+    image_oracle = auc[auc["model"] == IMAGE_ORACLE].set_index("cohort")["auc"].to_dict()
     rates = performance[performance["method"] == method].set_index(["cohort", "model"])
     seg = seg_summary.set_index(["cohort", "model", "timepoint"]) if len(seg_summary) else None
+    seeds = (seeds.set_index(["cohort", "model"]) if seeds is not None and len(seeds)
+             else None)
     cohorts: dict[str, dict] = {}
-    for _, row in auc[auc["model"] != ORACLE].iterrows():
+    for _, row in auc[~auc["model"].isin(ORACLES)].iterrows():
         key = (row["cohort"], row["model"])
         entry = {k: row[k] for k in ("n", "n_pcr", *_AUC_KEYS)}
         entry["auc_note"] = row["note"]
         entry.update(_rate_entry(rates, key))
         entry.update(_seg_entry(seg, key))
         entry["oracle_auc"] = oracle.get(row["cohort"], np.nan)
+        entry["image_oracle_auc"] = image_oracle.get(row["cohort"], np.nan)
+        if seeds is not None and key in seeds.index:
+            entry.update(seeds.loc[key].to_dict())
         cohorts.setdefault(row["cohort"], {})[row["model"]] = entry
     return _clean({"meta": dict(meta), "cohorts": cohorts})
 
@@ -681,6 +762,15 @@ def metrics_meta(profile: str, data_label: str, integrated: IntegratedModel | No
                         "when exactly one mask is empty",
         "integrated_fit": integrated.fit_on if integrated is not None else None,
         "volume_reduction": "score 1 - V_post / V_pre",
+        "seeds": "a model trained with several seeds is scored by its mean logit over the seeds "
+                 "(auc, CIs, tests); auc_seed_mean/sd/min/max summarise the per-seed AUCs",
+        "training_scores": "training-cohort scores of the networks are out-of-fold scores of "
+                           "the cross-validated readout (utils.readout)",
+        "handcrafted": "logistic regression on log volume ratio, mean post DWI and bright-DWI "
+                       "fraction inside the predicted (handcrafted_pred) or ground-truth "
+                       "(handcrafted_gt) masks, fitted on the training cohort",
+        "image_oracle_auc": "AUC of the phantom's latent imaging response z_img: the ceiling "
+                            "for an imaging-only model (oracle_auc includes the markers)",
     }
 
 
@@ -696,10 +786,19 @@ def _paper_cell(value: tuple[float, float, float]) -> str:
     return _fmt_ci(*value)
 
 
+def _seed_cell(metrics: Mapping, cohort: str, model: str) -> str:
+    entry = metrics.get("cohorts", {}).get(cohort, {}).get(model) or {}
+    if not entry.get("n_seeds") or entry["n_seeds"] < 2 or entry.get("auc_seed_mean") is None:
+        return ""
+    return (f"; {entry['n_seeds']} seeds: mean {entry['auc_seed_mean']:.2f} "
+            f"(SD {entry['auc_seed_sd']:.2f}), worst {entry['auc_seed_min']:.2f}")
+
+
 def readme_results_table(metrics: Mapping) -> str:
     """Markdown results table for README.md: the paper's reported AUCs beside this package's
-    AUCs (DeLong 95% CI) for the main and integrated models, labelled with the data and
-    profile in ``metrics['meta']``."""
+    AUCs (DeLong 95% CI; seed-averaged, with the per-seed mean, SD and worst seed) for the main
+    and integrated models, the handcrafted baselines and the oracles, labelled with the data
+    and profile in ``metrics['meta']``."""
     meta = metrics.get("meta", {})
     label = f"{meta.get('data', 'phantom (synthetic)')}, {meta.get('profile', 'demo')} profile"
     lines = [
@@ -708,20 +807,26 @@ def readme_results_table(metrics: Mapping) -> str:
         "|---|---|---|---|",
     ]
     paper = PAPER_AUC["full"]
+    cells = " | ".join(_auc_cell(metrics, c, MAIN_MODEL) + _seed_cell(metrics, c, MAIN_MODEL)
+                       for c in VALIDATION_COHORTS)
     lines.append(
         f"| {MODEL_LABELS[MAIN_MODEL]} | internal {_paper_cell(paper['internal_validation'])}; "
-        f"external {_paper_cell(paper['external_validation'])} | "
-        f"{_auc_cell(metrics, 'internal_validation', MAIN_MODEL)} | "
-        f"{_auc_cell(metrics, 'external_validation', MAIN_MODEL)} |")
+        f"external {_paper_cell(paper['external_validation'])} | {cells} |")
     lines.append(
         f"| {MODEL_LABELS[INTEGRATED]} | {_paper_cell(PAPER_AUC[INTEGRATED])}* | "
         f"{_auc_cell(metrics, 'internal_validation', INTEGRATED)} | "
         f"{_auc_cell(metrics, 'external_validation', INTEGRATED)} |")
-    oracle = [metrics.get("cohorts", {}).get(c, {}).get(MAIN_MODEL, {}).get("oracle_auc")
-              for c in VALIDATION_COHORTS]
-    if any(v is not None for v in oracle):
-        cells = " | ".join("n/a" if v is None else f"{v:.2f}" for v in oracle)
-        lines.append(f"| {MODEL_LABELS[ORACLE]}: expected ceiling | — | {cells} |")
+    for model in HANDCRAFTED:
+        if any(model in metrics.get("cohorts", {}).get(c, {}) for c in VALIDATION_COHORTS):
+            lines.append(f"| {MODEL_LABELS[model]} | — | "
+                         + " | ".join(_auc_cell(metrics, c, model) for c in VALIDATION_COHORTS)
+                         + " |")
+    for key, name in (("image_oracle_auc", IMAGE_ORACLE), ("oracle_auc", ORACLE)):
+        values = [metrics.get("cohorts", {}).get(c, {}).get(MAIN_MODEL, {}).get(key)
+                  for c in VALIDATION_COHORTS]
+        if any(v is not None for v in values):
+            cells = " | ".join("n/a" if v is None else f"{v:.2f}" for v in values)
+            lines.append(f"| {MODEL_LABELS[name]}: expected ceiling | — | {cells} |")
     lines += ["", "AUC with 95% CI (DeLong). *The paper's abstract reports one AUC for the "
               "integrated model. " + ("Our numbers are measured on synthetic phantom data and "
                                       "are not comparable with the paper's clinical results."
@@ -793,9 +898,14 @@ def write_metrics(results_dir: str | Path, metrics: Mapping) -> Path:
 def branch_feature_tensors(model, key: str = "encoder") -> dict[str, object]:
     """Symbolic ``key`` feature map ("encoder", "bottleneck" or "deep_supervision") of each
     branch of an RP-Net, keyed by input name ("pre", "post"), found from the backbone
-    calls (one shared backbone called twice, or one backbone per branch)."""
+    calls (one shared backbone called twice, or one backbone per branch). A model whose pCR
+    head is detached from the backbone (the default tumour head) has no such gradient path:
+    use :func:`input_attribution` for it."""
     import keras
 
+    if any(layer.name.endswith("_detached") for layer in model.layers):
+        raise ValueError(f"model {model.name}: the pCR head is detached from the backbone "
+                         "(no gradient reaches its features); use input_attribution")
     found = {}
     for layer in model.layers:
         if not isinstance(layer, keras.Model):
@@ -846,6 +956,32 @@ def grad_cam_3d(model, inputs: Mapping[str, np.ndarray],
         fmap, grad = fmap.numpy()[0], grads[name].numpy()[0]
         cam = np.maximum(np.tensordot(fmap, grad.mean(axis=(0, 1, 2)), axes=([3], [0])), 0)
         maps[name] = _resize(cam, np.asarray(inputs[name]).shape[:3])
+    top = max(float(m.max()) for m in maps.values())
+    return {name: m / top if top > 0 else m for name, m in maps.items()}
+
+
+def input_attribution(model, inputs: Mapping[str, np.ndarray], output: str = "pcr",
+                      target_class: int = 1) -> dict[str, np.ndarray]:
+    """Input x gradient of the pCR logit, summed over channels and rectified, per exam:
+    which voxels push the score towards ``target_class``. For the tumour-guided readout the
+    masked-mean terms make this exact: a voxel's share of a masked mean times the readout's
+    coefficient. Scaled by the maximum over both exams. TensorFlow backend only."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise NotImplementedError("input attribution here needs the TensorFlow backend")
+    import tensorflow as tf
+
+    batch = {name: tf.constant(np.asarray(x, np.float32)[None]) for name, x in inputs.items()}
+    with tf.GradientTape() as tape:
+        tape.watch(list(batch.values()))
+        p = tf.clip_by_value(tf.reshape(model(batch, training=False)[output], [-1])[0],
+                             1e-7, 1 - 1e-7)
+        score = tf.math.log(p) - tf.math.log(1 - p)
+        score = score if target_class == 1 else -score
+    grads = tape.gradient(score, batch)
+    maps = {name: np.maximum((batch[name].numpy()[0] * grads[name].numpy()[0]).sum(-1), 0)
+            for name in batch}
     top = max(float(m.max()) for m in maps.values())
     return {name: m / top if top > 0 else m for name, m in maps.items()}
 
@@ -988,10 +1124,12 @@ def plot_pr_curves(scores: pd.DataFrame, models: Sequence[str] = (MAIN_MODEL, VO
 
 
 def plot_ablation_aucs(auc: pd.DataFrame, tests: pd.DataFrame,
-                       cohorts: Sequence[str] = VALIDATION_COHORTS) -> plt.Figure:
+                       cohorts: Sequence[str] = VALIDATION_COHORTS,
+                       seed_aucs: pd.DataFrame | None = None) -> plt.Figure:
     """Forest plot: AUC with DeLong 95% CI of the main model, ablations and baselines per
-    cohort, with the one-sided paired DeLong p (H1: full > model, unadjusted) at the right."""
-    models = [m for m in (MAIN_MODEL, *ABLATIONS, VOLUME_GT, VOLUME_PRED)
+    cohort (seed-averaged scores; each seed's own AUC as a small cross when ``seed_aucs`` is
+    given), with the one-sided paired DeLong p (H1: full > model, unadjusted) at the right."""
+    models = [m for m in (MAIN_MODEL, *ABLATIONS, *HANDCRAFTED, VOLUME_GT, VOLUME_PRED)
               if m in set(auc["model"])]
     fig, axes = plt.subplots(1, len(cohorts), figsize=(4.6 * len(cohorts), 0.4 * len(models)
                                                         + 1.4), squeeze=False, sharey=True)
@@ -1004,13 +1142,19 @@ def plot_ablation_aucs(auc: pd.DataFrame, tests: pd.DataFrame,
             ax.errorbar(r["auc"], yi, xerr=[[r["auc"] - r["auc_ci_low"]],
                                             [r["auc_ci_high"] - r["auc"]]],
                         fmt="o", color=color, ms=5, capsize=3)
+            if seed_aucs is not None:
+                seeds = seed_aucs[(seed_aucs["cohort"] == cohort) & (seed_aucs["model"] == model)]
+                if len(seeds) > 1:
+                    ax.plot(seeds["auc"], np.full(len(seeds), yi + 0.25), "x", color=color,
+                            ms=4, alpha=0.8)
             ax.text(1.04, yi, _p_label(tests, cohort, model), va="center", fontsize=7,
                     transform=ax.get_yaxis_transform())
         ax.axvline(0.5, ls=":", color="0.6", lw=0.8)
         ax.set_yticks(y, [_label(m) for m in models], fontsize=7.5)
         ax.set(xlim=(0, 1.02), xlabel="AUC (DeLong 95% CI)",
                title=COHORT_LABELS.get(cohort, cohort))
-    fig.suptitle("Ablations and baselines; p: one-sided paired DeLong, full > model")
+    fig.suptitle("Ablations and baselines (x: single seeds); p: one-sided paired DeLong, "
+                 "full > model")
     fig.tight_layout()
     return fig
 
@@ -1159,9 +1303,10 @@ def plot_decision_curves(table: pd.DataFrame,
 
 
 def plot_grad_cam(panels: Sequence[Mapping]) -> plt.Figure:
-    """Grad-CAM overlays: one row per patient, pre and post T2W through the largest tumour
-    slice with the map (jet, 40% opacity) and the ground-truth contour. Each panel mapping
-    has ``title``, ``images`` {branch: T2W (z, y, x)}, ``masks`` and ``maps``."""
+    """Attribution overlays (Grad-CAM or input x gradient): one row per patient, pre and post
+    image through the largest tumour slice with the map (jet, 40% opacity) and the
+    ground-truth contour. Each panel mapping has ``title``, ``images`` {branch: (z, y, x)},
+    ``masks`` and ``maps``."""
     fig, axes = plt.subplots(max(len(panels), 1), 2, figsize=(5.2, 2.6 * max(len(panels), 1)),
                              squeeze=False)
     for row_axes, panel in zip(axes, panels, strict=False):
@@ -1192,6 +1337,8 @@ class Evaluation:
     brier: pd.DataFrame
     decision: pd.DataFrame
     metrics: dict
+    seed_aucs: pd.DataFrame | None = None
+    handcrafted: pd.DataFrame | None = None  # baseline coefficients
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The CSV tables written to the results folder, by file stem."""
@@ -1202,34 +1349,66 @@ class Evaluation:
                "segmentation_summary": self.seg_summary, "calibration_brier": self.brier}
         if self.integrated is not None:
             out["integrated_coefficients"] = self.integrated.coefficients
+        if self.seed_aucs is not None:
+            out["seed_aucs"] = self.seed_aucs
+        if self.handcrafted is not None and len(self.handcrafted):
+            out["handcrafted_coefficients"] = self.handcrafted
         return out
+
+
+def handcrafted_baselines(patients: pd.DataFrame, cache_dir: str | Path | None,
+                          masks_dir: str | Path | None, folds: pd.DataFrame | None,
+                          main_model: str = MAIN_MODEL) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score rows and coefficients of the handcrafted baselines (:mod:`utils.baseline`) on
+    the main model's predicted masks and on the ground-truth masks, for the patients and
+    labels of ``patients`` (``patient_id, cohort, centre, pcr``); empty when the cache,
+    masks or folds are missing."""
+    from .baseline import baseline_rows
+
+    if cache_dir is None or folds is None or not Path(cache_dir).exists():
+        return pd.DataFrame(), pd.DataFrame()
+    sources: dict[str, Path | None] = {HANDCRAFTED_GT: None}
+    if masks_dir is not None and (Path(masks_dir) / main_model).exists():
+        sources = {HANDCRAFTED_PRED: Path(masks_dir) / main_model, **sources}
+    return baseline_rows(patients, cache_dir, folds, sources)
 
 
 def run_evaluation(predictions: pd.DataFrame, patients: pd.DataFrame | None = None,
                    split: pd.DataFrame | None = None, oracle: pd.DataFrame | None = None,
                    masks_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                    profile: str = "demo", data_label: str = "phantom (synthetic)",
-                   n_boot: int = 2000, seed: int = 0) -> Evaluation:
+                   n_boot: int = 2000, seed: int = 0, folds: pd.DataFrame | None = None
+                   ) -> Evaluation:
     """The whole evaluation in the notebook's order (the notebook runs the same steps one by
     one). ``patients`` (manifest patient table) enables the integrated model; ``masks_dir``
-    and ``cache_dir`` enable segmentation metrics; ``oracle`` adds the oracle AUC."""
-    scores = score_table(predictions, oracle)
+    and ``cache_dir`` enable segmentation metrics and, with ``folds``, the handcrafted
+    baselines; ``oracle`` adds the oracle AUCs. Models trained with several seeds are scored
+    by their seed average; per-seed AUCs are summarised in ``metrics.json``."""
+    seed_aucs = seed_auc_table(predictions)
+    averaged = seed_average(predictions)
+    scores = score_table(averaged, oracle)
+    handcrafted = None
+    if patients is not None:
+        labelled = averaged.loc[averaged["model"] == MAIN_MODEL, ID_COLUMNS]
+        rows, handcrafted = handcrafted_baselines(labelled, cache_dir, masks_dir, folds)
+        scores = pd.concat([scores, rows], ignore_index=True) if len(rows) else scores
     integrated = None
     if patients is not None:
         inputs = integrated_inputs(scores, patients)
-        integrated = fit_integrated(inputs, tune_ids(split))
+        integrated = fit_integrated(inputs, tune_ids(split),
+                                    out_of_fold=training_scores_out_of_fold(predictions))
         scores = pd.concat([scores, integrated_scores(integrated, inputs)], ignore_index=True)
     auc = auc_table(scores, n_boot=n_boot, seed=seed)
     thresholds = choose_operating_points(scores)
     performance = performance_table(scores, thresholds)
     tests = paired_delong_tests(scores)
-    seg = segmentation_table(masks_dir, cache_dir,
-                             predictions[predictions["model"] == MAIN_MODEL])
+    seg = segmentation_table(masks_dir, cache_dir, averaged[averaged["model"] == MAIN_MODEL])
     seg_summary = segmentation_summary(seg)
     prob_models = [m for m in (MAIN_MODEL, INTEGRATED) if m in set(scores["model"])]
     curve, brier = calibration_tables(scores, prob_models)
     decision = decision_curve_table(scores, prob_models)
     meta = metrics_meta(profile, data_label, integrated, n_boot)
-    metrics = build_metrics(auc, performance, seg_summary, meta)
+    metrics = build_metrics(auc, performance, seg_summary, meta,
+                            seeds=seed_summary(seed_aucs))
     return Evaluation(scores, auc, thresholds, performance, tests, integrated, seg, seg_summary,
-                      curve, brier, decision, metrics)
+                      curve, brier, decision, metrics, seed_aucs, handcrafted)

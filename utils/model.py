@@ -36,6 +36,8 @@ PACKAGE = "rpnet"
 BRANCHES: tuple[str, ...] = ("pre", "post")
 MASKS: dict[str, str] = {"pre": "mask_pre", "post": "mask_post"}
 JOINS: tuple[str, ...] = ("encoder", "bottleneck", "deep_supervision")
+HEADS: tuple[str, ...] = ("tumour", "paper")
+HEAD_VECTOR = "head_norm"  # the layer whose output the final pcr Dense reads
 COMPARISONS: tuple[str, ...] = ("subtract", "concat", "abs_diff")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 # The released code's loss weights: pCR 1.0, each segmentation 0.2.
@@ -58,18 +60,23 @@ class VariantSpec:
     joins: tuple[str, ...]
     segmentation: bool
     description: str
+    head: str = "tumour"
 
 
 def _spec(name: str, description: str, inputs: tuple[str, ...] = BRANCHES, tied: bool = True,
-          joins: tuple[str, ...] = JOINS, segmentation: bool = True) -> VariantSpec:
+          joins: tuple[str, ...] = JOINS, segmentation: bool = True,
+          head: str = "tumour") -> VariantSpec:
     masks = tuple(MASKS[b] for b in inputs) if segmentation else ()
-    return VariantSpec(name, inputs, (*masks, "pcr"), tied, joins, segmentation, description)
+    return VariantSpec(name, inputs, (*masks, "pcr"), tied, joins, segmentation, description,
+                       head)
 
 
 VARIANTS: dict[str, VariantSpec] = {v.name: v for v in (
-    _spec("full", "Siamese RP-Net: shared backbone, pre/post masks, pCR from 3 joins"),
-    _spec("single_task", "pCR only: same encoder and joins, no segmentation heads or losses",
-          segmentation=False),
+    _spec("full", "Siamese RP-Net: shared backbone, pre/post masks, tumour-guided pCR readout"),
+    _spec("paper_head", "the release's pCR head: conv + instance norm + global average pool "
+          "over the whole ROI", head="paper"),
+    _spec("single_task", "pCR only: same network, no segmentation losses (its tumour maps "
+          "are attention learned from pCR alone)", segmentation=False),
     _spec("pre_only", "pre-treatment exam only: joins use pre features alone", inputs=("pre",)),
     _spec("post_only", "post-treatment exam only: joins use post features alone",
           inputs=("post",)),
@@ -90,6 +97,98 @@ class AbsDifference(layers.Layer):
 
     def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
         return input_shape[0]
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MaskedAverage(layers.Layer):
+    """Per-channel mean of ``x`` (B, z, y, x, C) weighted by ``w`` (B, z, y, x, 1).
+
+    ``sum(w * x) / (sum(w) + epsilon)``: the mean inside a soft tumour mask; an empty mask
+    gives 0. Computed in float32 whatever the dtype policy (sums over many voxels).
+    """
+
+    def __init__(self, epsilon: float = 1.0, **kwargs) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+
+    def call(self, inputs: Sequence) -> object:
+        x, w = (ops.cast(t, "float32") for t in inputs)
+        axes = (1, 2, 3)
+        return ops.sum(x * w, axis=axes) / (ops.sum(w, axis=axes) + self.epsilon)
+
+    def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
+        return (input_shape[0][0], input_shape[0][-1])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MaskedMoments(MaskedAverage):
+    """Per-channel mean and standard deviation of ``x`` inside the soft mask ``w``:
+    ``(B, 2C)`` = [means, SDs] (an empty mask gives zeros). Float32."""
+
+    def call(self, inputs: Sequence) -> object:
+        x, w = (ops.cast(t, "float32") for t in inputs)
+        mean = super().call([x, w])
+        second = super().call([x * x, w])
+        return ops.concatenate([mean, ops.sqrt(ops.relu(second - mean * mean) + 1e-12)], -1)
+
+    def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
+        return (input_shape[0][0], 2 * input_shape[0][-1])
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SoftUnion(layers.Layer):
+    """Probabilistic union ``1 - prod(1 - m)`` of soft masks of one shape."""
+
+    def call(self, inputs: Sequence) -> object:
+        outside = ops.ones_like(inputs[0])
+        for mask in inputs:
+            outside = outside * (1.0 - mask)
+        return 1.0 - outside
+
+    def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
+        return input_shape[0]
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class StopGradient(layers.Layer):
+    """Identity in the forward pass (or ``x >= threshold`` as 0/1 when a threshold is given);
+    no gradient flows back through it."""
+
+    def __init__(self, threshold: float | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.threshold = threshold
+
+    def call(self, inputs):
+        if self.threshold is not None:
+            inputs = ops.cast(inputs >= self.threshold, inputs.dtype)
+        return ops.stop_gradient(inputs)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "threshold": self.threshold}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LogVolumes(layers.Layer):
+    """``log(1 + soft voxel count)`` of each mask and, for two masks, ``log(V2+1) - log(V1+1)``
+    (the log volume ratio post/pre). Float32."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, inputs: Sequence) -> object:
+        logs = [ops.log1p(ops.sum(ops.cast(m, "float32"), axis=(1, 2, 3))) for m in inputs]
+        if len(logs) == 2:
+            logs.append(logs[1] - logs[0])
+        return ops.concatenate(logs, axis=-1)
+
+    def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
+        n = len(input_shape)
+        return (input_shape[0][0], n + (n == 2))
 
 
 def _sample_axes(x) -> tuple[int, ...]:
@@ -336,22 +435,6 @@ def build_backbone(input_shape_zyxc: Sequence[int], depth: int = 4, base_filters
     return keras.Model(image, outputs, name=name)
 
 
-def _join(features: dict[str, object], key: str, filters: int, comparison: str,
-          seeds: _Seeds):
-    """Compare post with pre (or take the one branch), conv block, global average pool."""
-    maps = [features[b][key] for b in BRANCHES if b in features]
-    if len(maps) == 1:
-        x = maps[0]
-    elif comparison == "subtract":
-        x = layers.Subtract(name=f"join_{key}_diff")(maps[::-1])
-    elif comparison == "concat":
-        x = layers.Concatenate(name=f"join_{key}_concat")(maps)
-    else:
-        x = AbsDifference(name=f"join_{key}_absdiff")(maps[::-1])
-    x = _conv_block(x, filters, f"join_{key}", seeds)
-    return layers.GlobalAveragePooling3D(name=f"join_{key}_gap")(x)
-
-
 def _check_args(input_shape_zyxc: Sequence[int], variant: str, comparison: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
@@ -363,19 +446,27 @@ def _check_args(input_shape_zyxc: Sequence[int], variant: str, comparison: str) 
 
 def build_rpnet(input_shape_zyxc: Sequence[int], variant: str = "full", depth: int = 4,
                 base_filters: int = 8, dropout: float = 0.3, comparison: str = "subtract",
-                seed: int | None = None) -> keras.Model:
+                seed: int | None = None, pcr_gradient: bool = False) -> keras.Model:
     """Build one RP-Net variant (see :data:`VARIANTS`).
 
     Inputs are a dict ``{"pre", "post"}`` (the variant's subset) of (z, y, x, C) volumes;
     outputs a dict with the variant's ``mask_pre``/``mask_post`` ((z, y, x, 1) sigmoid) and
     ``pcr`` ((1,) sigmoid). ``comparison`` is how a join compares post with pre:
     ``post - pre`` (default), channel concatenation, or ``|post - pre|``.
+
+    The default (``tumour``) head reads pCR inside the predicted tumour
+    (:func:`_tumour_head`). ``pcr_gradient=False`` (default) stops the pCR loss at the head:
+    the backbone, its features and its masks learn from the segmentation losses only, and the
+    pCR loss trains the readout alone, so the head vector of a training patient is not
+    fitted to that patient's label (which keeps the readout's cross-validation honest,
+    :mod:`utils.readout`). The ``single_task`` variant has no segmentation loss, so its
+    backbone always learns from the pCR loss.
     """
     _check_args(input_shape_zyxc, variant, comparison)
     spec, seeds = VARIANTS[variant], _Seeds(seed)
     inputs = {b: keras.Input(tuple(input_shape_zyxc), name=b) for b in spec.inputs}
     kwargs = dict(depth=depth, base_filters=base_filters, dropout=dropout,
-                  segmentation=spec.segmentation, _seeds=seeds)
+                  segmentation=spec.segmentation or spec.head == "tumour", _seeds=seeds)
     if spec.tied:
         shared = build_backbone(input_shape_zyxc, name="backbone", **kwargs)
         backbones = dict.fromkeys(spec.inputs, shared)
@@ -383,23 +474,134 @@ def build_rpnet(input_shape_zyxc: Sequence[int], variant: str = "full", depth: i
         backbones = {b: build_backbone(input_shape_zyxc, name=f"backbone_{b}", **kwargs)
                      for b in spec.inputs}
     features = {b: backbones[b](inputs[b]) for b in spec.inputs}
-    outputs = {MASKS[b]: layers.Activation("sigmoid", dtype="float32", name=MASKS[b])(
-        features[b]["mask_logits"]) for b in spec.inputs if spec.segmentation}
-    outputs["pcr"] = _pcr_head(features, spec.joins, depth, base_filters, dropout, comparison,
-                               seeds)
+    masks = {b: layers.Activation("sigmoid", dtype="float32", name=MASKS[b])(
+        features[b]["mask_logits"]) for b in spec.inputs if "mask_logits" in features[b]}
+    outputs = {MASKS[b]: masks[b] for b in spec.inputs if spec.segmentation}
+    if spec.head == "paper":
+        outputs["pcr"] = _paper_head(features, spec.joins, depth, base_filters, dropout,
+                                     comparison, seeds)
+    else:
+        detach = spec.segmentation and not pcr_gradient
+        outputs["pcr"] = _tumour_head(inputs, features, masks, spec.joins, input_shape_zyxc,
+                                      depth, dropout, comparison, seeds, detach)
     return keras.Model(inputs, outputs, name=f"rpnet_{variant}")
 
 
-def _pcr_head(features: dict, joins: Sequence[str], depth: int, base_filters: int,
-              dropout: float, comparison: str, seeds: _Seeds):
-    level = {"encoder": encoder_join_level(depth), "bottleneck": depth - 1,
-             "deep_supervision": 1}
-    vectors = [_join(features, key, base_filters * 2 ** level[key], comparison, seeds)
-               for key in joins]
-    x = layers.Concatenate(name="head_concat")(vectors) if len(vectors) > 1 else vectors[0]
+def _join_levels(depth: int) -> dict[str, int]:
+    return {"encoder": encoder_join_level(depth), "bottleneck": depth - 1,
+            "deep_supervision": 1}
+
+
+def _compare(features: dict[str, object], key: str, comparison: str):
+    """Post compared with pre at one join (or the one branch's features)."""
+    maps = [features[b][key] for b in BRANCHES if b in features]
+    if len(maps) == 1:
+        return maps[0]
+    if comparison == "subtract":
+        return layers.Subtract(name=f"join_{key}_diff")(maps[::-1])
+    if comparison == "concat":
+        return layers.Concatenate(name=f"join_{key}_concat")(maps)
+    return AbsDifference(name=f"join_{key}_absdiff")(maps[::-1])
+
+
+def _final_dense(x, dropout: float, seeds: _Seeds, zero_init: bool):
     x = layers.Dropout(dropout, seed=seeds.next(), name="head_dropout")(x)
+    init = "zeros" if zero_init else seeds.init()
     return layers.Dense(1, activation="sigmoid", dtype="float32", name="pcr",
-                        kernel_initializer=seeds.init())(x)
+                        kernel_initializer=init)(x)
+
+
+def _paper_head(features: dict, joins: Sequence[str], depth: int, base_filters: int,
+                dropout: float, comparison: str, seeds: _Seeds):
+    """The release's head: per join, compare, conv block (instance norm), global average pool
+    over the whole ROI; concatenate, dropout, sigmoid unit."""
+    level = _join_levels(depth)
+    vectors = []
+    for key in joins:
+        x = _conv_block(_compare(features, key, comparison), base_filters * 2 ** level[key],
+                        f"join_{key}", seeds)
+        vectors.append(layers.GlobalAveragePooling3D(name=f"join_{key}_gap")(x))
+    x = layers.Concatenate(name="head_concat")(vectors) if len(vectors) > 1 else vectors[0]
+    return _final_dense(x, dropout, seeds, zero_init=False)
+
+
+def level_pool_sizes(shape_zyx: Sequence[int], depth: int) -> list[tuple[int, int, int]]:
+    """Cumulative downsampling factor of every U-Net level (level 0: (1, 1, 1))."""
+    sizes = [(1, 1, 1)]
+    for stride in level_strides(shape_zyx, depth):
+        sizes.append(tuple(a * b for a, b in zip(sizes[-1], stride, strict=True)))
+    return sizes
+
+
+def _detached(features: dict, masks: dict) -> tuple[dict, dict]:
+    """The join features and the binary masks (>= 0.5, as every predicted mask of this
+    package) behind a StopGradient: the pCR loss stops at the head."""
+    features = {b: {key: StopGradient(name=f"{b}_{key}_detached")(value)
+                    for key, value in maps.items() if key in JOINS}
+                for b, maps in features.items()}
+    masks = {b: StopGradient(0.5, name=f"{MASKS[b]}_binary")(m) for b, m in masks.items()}
+    return features, masks
+
+
+def _tumour_head(inputs: dict, features: dict, masks: dict, joins: Sequence[str],
+                 input_shape_zyxc: Sequence[int], depth: int, dropout: float,
+                 comparison: str, seeds: _Seeds, detach: bool):
+    """Tumour-guided readout: the post-vs-pre comparison averaged inside the predicted tumour.
+
+    Per join: the comparison map (no convolution, no normalisation: amplitude survives)
+    averaged inside the tumour region (union of the pre and post masks, average-pooled to the
+    join's grid; binary masks when the head is detached, soft ones for ``single_task``).
+    Tumour-level quantities: log volumes and their log ratio, and the mean and SD of every
+    input channel of each exam inside each mask. Batch norm on the head vector, dropout, and
+    a zero-initialised sigmoid unit (training starts at p = 0.5)."""
+    branches = [b for b in BRANCHES if b in masks]
+    if detach:
+        features, masks = _detached(features, masks)
+    region = (SoftUnion(name="tumour_region")([masks[b] for b in branches])
+              if len(branches) > 1 else masks[branches[0]])
+    pools = level_pool_sizes(input_shape_zyxc[:3], depth)
+    level = _join_levels(depth)
+    vectors = []
+    for key in joins:
+        weight = region if level[key] == 0 else layers.AveragePooling3D(
+            pools[level[key]], name=f"join_{key}_region")(region)
+        vectors.append(MaskedAverage(name=f"join_{key}_tumour_mean")(
+            [_compare(features, key, comparison), weight]))
+    vectors.append(LogVolumes(name="tumour_log_volumes")([masks[b] for b in branches]))
+    for image in (b for b in BRANCHES if b in inputs):
+        for where in branches:
+            vectors.append(MaskedMoments(name=f"tumour_moments_{image}_in_{where}")(
+                [inputs[image], masks[where]]))
+    x = layers.Concatenate(name="head_concat")(vectors)
+    x = layers.BatchNormalization(momentum=0.9, name=HEAD_VECTOR)(x)
+    return _final_dense(x, dropout, seeds, zero_init=True)
+
+
+def head_groups(model: keras.Model) -> list[tuple[str, int]]:
+    """``(group, width)`` of each block of the head vector, in order. Groups: the join name
+    (``encoder``, ``bottleneck``, ``deep_supervision``) for pooled join features, ``tumour``
+    for the tumour-level quantities."""
+    names = {layer.name for layer in model.layers}
+    if "head_concat" not in names:
+        return [("all", int(model.get_layer("pcr").input.shape[-1]))]
+    groups = []
+    for tensor in model.get_layer("head_concat").input:
+        name = tensor._keras_history.operation.name  # the layer that produced the block
+        key = next((k for k in JOINS if name.startswith(f"join_{k}_")), "tumour")
+        groups.append((key, int(tensor.shape[-1])))
+    return groups
+
+
+def head_vector_model(model: keras.Model) -> keras.Model:
+    """A model from the RP-Net inputs to the head vector that the final ``pcr`` unit reads."""
+    return keras.Model(model.inputs, model.get_layer("pcr").input)
+
+
+def set_readout(model: keras.Model, coef: Sequence[float], intercept: float) -> None:
+    """Replace the final ``pcr`` unit's weights (a logistic readout on the head vector)."""
+    dense = model.get_layer("pcr")
+    kernel = np.asarray(coef, dtype="float32").reshape(dense.kernel.shape)
+    dense.set_weights([kernel, np.asarray([intercept], dtype="float32")])
 
 
 # --------------------------------------------------------------------------- compile / load
@@ -648,12 +850,15 @@ def _draw_branch(ax, branch: str, depth: int, base_filters: int, spec: VariantSp
 def _draw_joins(ax, depth: int, spec: VariantSpec, comparison: str, ends: dict) -> None:
     symbol = {"subtract": "post−pre", "concat": "concat", "abs_diff": "|post−pre|"}[comparison]
     head_x = 2 * depth + 1.6
-    _box(ax, head_x, 0, 1.1, 1.2, "#fcbba1", "concat\ndropout\nDense σ\n→ pCR", 7)
+    head = ("+ tumour\nvolumes,\nmasked\nmeans/SDs\nBN, Dense σ\n→ pCR" if spec.head == "tumour"
+            else "concat\ndropout\nDense σ\n→ pCR")
+    _box(ax, head_x, 0, 1.1, 1.9 if spec.head == "tumour" else 1.2, "#fcbba1", head, 7)
+    pooling = "mean in\ntumour" if spec.head == "tumour" else "conv+GAP"
     for i, key in enumerate(spec.joins):
         x = next(iter(ends.values()))[key][0]
         y = 0.9 * (1 - i) if len(spec.joins) > 1 else 0
         text = symbol if len(ends) > 1 else "features"
-        _box(ax, x, y, 1.0, 0.5, "#e5d8f0", f"{text}\nconv+GAP", 6)
+        _box(ax, x, y, 1.0, 0.5, "#e5d8f0", f"{text}\n{pooling}", 6)
         for anchor in ends.values():
             side = 1 if anchor[key][1] > 0 else -1
             _arrow(ax, (x, anchor[key][1] - side * 0.4), (x, y + side * 0.25), "#756bb1")
@@ -663,3 +868,45 @@ def _draw_joins(ax, depth: int, spec: VariantSpec, comparison: str, ends: dict) 
                 style="italic")
         _arrow(ax, (-1.4, 0.4), (-1.4, 3.7), "0.4", "<|-|>")
         _arrow(ax, (-1.4, -0.4), (-1.4, -3.7), "0.4", "<|-|>")
+
+
+# --------------------------------------------------------------------------- head figure
+def pooled_region(mask_zyx: np.ndarray, pool_size: Sequence[int]) -> np.ndarray:
+    """Block means of a (z, y, x) mask over ``pool_size`` blocks (as AveragePooling3D)."""
+    shape = [n // k for n, k in zip(mask_zyx.shape, pool_size, strict=True)]
+    blocks = np.asarray(mask_zyx, float)[:shape[0] * pool_size[0], :shape[1] * pool_size[1],
+                                          :shape[2] * pool_size[2]]
+    return blocks.reshape(shape[0], pool_size[0], shape[1], pool_size[1], shape[2],
+                          pool_size[2]).mean(axis=(1, 3, 5))
+
+
+def plot_tumour_head(image_pre: np.ndarray, image_post: np.ndarray, mask_pre: np.ndarray,
+                     mask_post: np.ndarray, depth: int, dwi_channel: int = 1):
+    """How the tumour-guided head pools: on the slice with the largest tumour, the pre and
+    post DWI with both masks, the tumour region (union of the masks) and that region pooled
+    to each join's grid (the weights of the masked means); returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    region = np.maximum(mask_pre > 0, mask_post > 0).astype(float)
+    z = int(np.argmax(region.reshape(len(region), -1).sum(1)))
+    pools = level_pool_sizes(region.shape, depth)
+    levels = _join_levels(depth)
+    fig, axes = plt.subplots(1, 3 + len(JOINS), figsize=(2.6 * (3 + len(JOINS)), 3.3))
+    for ax, (title, image) in zip(axes[:2], (("pre DWI", image_pre), ("post DWI", image_post)),
+                                  strict=True):
+        ax.imshow(image[z, ..., dwi_channel], cmap="gray")
+        ax.contour(mask_pre[z], [0.5], colors="#1f77b4", linewidths=1)
+        ax.contour(mask_post[z], [0.5], colors="#d62728", linewidths=1)
+        ax.set_title(f"{title}\n(blue: pre mask, red: post)", fontsize=8)
+    axes[2].imshow(region[z], cmap="magma", vmin=0, vmax=1)
+    axes[2].set_title("tumour region\n(pre ∪ post), full grid", fontsize=8)
+    for ax, key in zip(axes[3:], JOINS, strict=True):
+        size = pools[levels[key]]
+        pooled = pooled_region(region, size)
+        ax.imshow(pooled[min(z // size[0], len(pooled) - 1)], cmap="magma", vmin=0, vmax=1)
+        ax.set_title(f"weights at the {key.replace('_', ' ')}\njoin "
+                     f"({'x'.join(map(str, pooled.shape))} grid)", fontsize=8)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig

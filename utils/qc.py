@@ -6,6 +6,7 @@ so the figure shows exactly what the cached pipeline did.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def body_intensities(image: sitk.Image, params: pp.PreprocessParams, n4: bool = 
     if n4:
         image = pp.n4_correct(image, params)[0]
     body = pp.body_mask(image, params.body_threshold_factor)
-    normalised, _ = pp.normalise(image, body, params.clip_percentiles, params.scale_percentiles)
+    normalised, _ = pp.normalise(image, body, params.clip_percentiles, params.scale_percentiles,
+                                 params.clip_z_max)
     inside = sitk.GetArrayViewFromImage(body) > 0
     raw = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))[inside]
     after = np.asarray(normalised)[inside]
@@ -157,3 +159,43 @@ def qc_summary(processed: pd.DataFrame) -> pd.DataFrame:
         padded=("padded", lambda s: int(s.fillna(False).astype(bool).sum())),
         **{f"{c.removeprefix('reg_')} (median)": (c, "median") for c in numeric})
     return summary
+
+
+def dwi_clip_comparison(manifest: pd.DataFrame, patient_ids: Sequence[str],
+                        params: pp.PreprocessParams,
+                        old_clip: Sequence[float] = (0.5, 99.5)) -> pd.DataFrame:
+    """Normalised post-treatment DWI inside the post-treatment tumour mask under the current
+    clip rule and under the former percentile clip, for a few patients.
+
+    One row per patient, rule and voxel: ``patient_id, rule, value, at_ceiling``.
+    """
+    rules = {"current": params, f"former ({old_clip[0]}-{old_clip[1]} percentile)":
+             dataclasses.replace(params, clip_percentiles=tuple(old_clip),
+                                 clip_z_max=float("inf"))}
+    frames = []
+    for patient_id in patient_ids:
+        rows = manifest[manifest["patient_id"] == patient_id]
+        for rule, rule_params in rules.items():
+            pair = pp.preprocess_patient(rows, rule_params)
+            channel = list(pair.meta["sequences"]).index("DWI")
+            values = pair.image_post[..., channel][pair.mask_post > 0]
+            ceiling = pair.meta["normalisation"]["post"]["DWI"]["clip_hi"]
+            frames.append(pd.DataFrame({"patient_id": patient_id, "rule": rule,
+                                        "value": values, "at_ceiling": values >= ceiling}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def plot_dwi_clip(table: pd.DataFrame) -> plt.Figure:
+    """Histograms of post-treatment tumour DWI under each clip rule (the output of
+    :func:`dwi_clip_comparison`), with the share of voxels sitting at the ceiling."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    bins = np.linspace(table["value"].min(), table["value"].max(), 50)
+    for rule, group in table.groupby("rule", sort=False):
+        share = 100 * group["at_ceiling"].mean()
+        ax.hist(group["value"], bins=bins, histtype="step", linewidth=1.5,
+                label=f"{rule}: {share:.0f}% of voxels at the ceiling")
+    ax.set_xlabel("normalised post-treatment DWI inside the post-treatment tumour (robust SD)")
+    ax.set_ylabel("voxels")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -5,11 +5,24 @@ Data. One sample is one patient: both time points of the preprocessing cache
 and ``y = {"mask_pre", "mask_post"}`` (z, y, x, 1) plus ``"pcr"`` (1,), filtered to the variant's
 inputs and outputs. All cached crops are loaded into memory once (a few MB per 100 patients).
 
+Two stages. Stage 1 (:func:`fit_variant`) trains the network: segmentation of both exams and,
+with the default tumour-guided head, the pCR unit on features the pCR loss cannot change
+(``TrainConfig.pcr_gradient=False``: the backbone learns from the masks alone). Stage 2
+(:func:`refit_readout`, :mod:`utils.readout`) refits the pCR unit in closed form: a logistic
+regression on the head vectors of every training patient, feature set and penalty chosen by
+5-fold cross-validation over the whole training cohort (``results/folds.csv``). Training
+patients' scores in ``predictions.csv`` are their out-of-fold readout scores.
+
 Model selection never sees a validation cohort. :func:`make_split` divides the TRAINING cohort
 only, by patient and stratified by pCR, into ``fit`` (gradient updates) and ``tune`` (checkpoint
 selection, learning-rate plateaus, early stopping); it is saved as ``results/split.csv``. The
 internal and external validation cohorts are predicted once, by the selected model, at the end.
 Columns ``tune_*`` of the training logs are measured on the tune subset.
+
+Seeds: :func:`train_all` trains ``Profile.seeds`` replicas of the main model and of the
+ablations that test the paper's claims (:data:`SEEDED_VARIANTS`; run names ``full``,
+``full_seed1``, ...); replica ``k`` draws its initialisation, sampling and augmentation from
+its own seed (:func:`replica_seed`), the split and folds stay the same.
 
 Augmentation (training only, NumPy/SciPy): the same spatial transform for pre, post and both
 masks (random in-plane flips, rotation about z within ±10°, isotropic scaling within ±10%, via
@@ -21,7 +34,8 @@ not depend on worker order or on a restart.
 Class imbalance: balanced sampling, as the authors' 5x oversampling of pCR patients. Every
 epoch holds every fit patient once plus repeated pCR patients, so that pCR patients make up
 ``pcr_fraction`` (default 0.5) of the epoch. Oversampling shifts the output probability;
-predictions undo it with the prior correction of :func:`correct_prior` (AUC is unchanged).
+the stage-2 readout is fitted at the cohort's own prevalence, so its probabilities need no
+correction (:func:`correct_prior` remains for runs without the readout; AUC is unchanged).
 
 Optimiser: Adam, learning rate from the profile (1e-3), halved when the tune loss has not
 improved for ``plateau_patience`` epochs (ReduceLROnPlateau semantics, but its state lives in
@@ -39,12 +53,9 @@ and run the same code on each; :func:`setup_device` then uses
 ``MultiWorkerMirroredStrategy``. Give each worker its own :class:`TrainPaths` run folder
 (worker 0, the chief, holds the checkpoints that matter). JAX and PyTorch: one device.
 
-Budget (2 CPU cores): one training step of the demo ``full`` model (batch 4, ROI 16x40x40)
-takes 0.45 s on an idle machine (0.9 s when another process shares the cores; batch 8 gives
-no more samples/s), plus about 20 s per variant to trace the graphs and 15 s to predict all
-patients. The demo's 4 epochs (37 steps each) train all six variants in about 10 minutes
-(584 s measured idle); the smoke profile takes under 2 minutes. More epochs did not raise the
-validation AUC on the phantom (6 and 8 epochs tried).
+Budget (2 CPU cores): ``benchmarks/bench_training_budget.py`` splits one demo training into
+steps x the bare step time, graph tracing, tune evaluation, checkpoints and the readout refit
+(README, "Speed").
 
 Checkpoints: after every epoch, atomically, ``epoch_NNN.keras`` (weights and optimiser state)
 then ``state.json`` (epoch, best metric, schedule counters, dropout seed-generator states, CSV
@@ -74,12 +85,17 @@ from scipy import ndimage
 from . import segmetrics
 from .config import SEQUENCES, Profile, get_paths, get_profile
 from .io import atomic_path, save_npz_atomic, write_atomic, write_json_atomic
-from .model import VARIANTS, build_rpnet, compile_rpnet
+from .model import VARIANTS, build_rpnet, compile_rpnet, head_groups, head_vector_model, set_readout
+from .readout import Readout, fit_readout, make_folds
 from .repro import derive_seed, set_seeds
 
 ALL_VARIANTS: tuple[str, ...] = tuple(VARIANTS)
+# The main model and the ablations that test the paper's claims (two time points, multi-task,
+# the tumour-guided head) are trained with Profile.seeds replicas; the others once.
+SEEDED_VARIANTS: tuple[str, ...] = ("full", "paper_head", "single_task", "pre_only", "post_only")
 SUBSETS: tuple[str, ...] = ("fit", "tune")
-PREDICTION_COLUMNS = ["model", "patient_id", "cohort", "centre", "pcr", "score",
+PREDICTION_COLUMNS = ["model", "seed", "patient_id", "cohort", "centre", "pcr", "score",
+                      "score_source",
                       "vol_pre_true_ml", "vol_post_true_ml", "vol_pre_pred_ml", "vol_post_pred_ml",
                       "dice_pre", "dice_post"]
 STATE_FILE = "state.json"
@@ -128,6 +144,9 @@ class TrainConfig:
     deterministic: bool | None = None  # None: op determinism on CPU, off on GPU (XLA)
     tensorboard: bool = False
     workers: int = 1  # PyDataset threads
+    seed: int = 0  # replica: 0 uses the profile seed; k > 0 derives new init/sampling seeds
+    readout: bool = True  # stage 2: cross-validated logistic refit of the pcr unit
+    pcr_gradient: bool = False  # let the pCR loss train the backbone (utils.model)
 
     @classmethod
     def authors(cls, **changes: Any) -> TrainConfig:
@@ -162,6 +181,8 @@ class TrainPaths:
     predicted_masks_dir = property(lambda self: self.run_dir / "predicted_masks")
     predictions_dir = property(lambda self: self.run_dir / "predictions")
     split_csv = property(lambda self: self.results_dir / "split.csv")
+    folds_csv = property(lambda self: self.results_dir / "folds.csv")
+    readout_dir = property(lambda self: self.run_dir / "readout")
     predictions_csv = property(lambda self: self.results_dir / "predictions.csv")
 
     def log_csv(self, variant: str) -> Path:
@@ -384,7 +405,10 @@ def prepare_data(profile: Profile | str | None = None, paths: TrainPaths | None 
     patients["patient_id"] = patients["patient_id"].astype(str)
     split = make_split(patients, tune_fraction, prof.seed)
     save_split(split, paths.split_csv)
-    patients = patients.merge(split, on="patient_id", how="left")
+    folds = make_folds(patients[patients["cohort"] == "training"], seed=prof.seed)
+    write_atomic(paths.folds_csv, lambda tmp: folds.to_csv(tmp, index=False))
+    patients = patients.merge(split, on="patient_id", how="left").merge(
+        folds, on="patient_id", how="left")
     arrays, skipped = load_patients(paths.cache_dir, patients)
     if not arrays:
         raise FileNotFoundError(f"no cached patient in {paths.cache_dir}; run "
@@ -820,7 +844,8 @@ def _build_compiled(variant: str, profile: Profile, cfg: TrainConfig, shape: Seq
     with device.scope():
         model = build_rpnet(tuple(shape), variant, depth=profile.depth,
                             base_filters=profile.base_filters, dropout=cfg.dropout,
-                            comparison=cfg.comparison, seed=profile.seed)
+                            comparison=cfg.comparison, seed=replica_seed(profile, cfg.seed),
+                            pcr_gradient=cfg.pcr_gradient)
         compile_rpnet(model, variant, cfg.learning_rate, loss_weights=cfg.loss_weights,
                       optimizer=cfg.optimizer, jit_compile=device.jit_compile)
     return model
@@ -878,9 +903,19 @@ def _reset_run(ckpt_dir: Path, log_path: Path) -> None:
     log_path.unlink(missing_ok=True)
 
 
-def _run_seed(profile: Profile) -> int:
+def replica_seed(profile: Profile, replica: int = 0) -> int:
+    """Seed of one training replica: the profile's seed for replica 0, derived otherwise."""
+    return profile.seed if replica == 0 else derive_seed(profile.seed, "replica", replica)
+
+
+def run_name(variant: str, replica: int = 0) -> str:
+    """File stem of one trained replica: ``full``, ``full_seed1``, ..."""
+    return variant if replica == 0 else f"{variant}_seed{replica}"
+
+
+def _run_seed(profile: Profile, replica: int = 0) -> int:
     """Sampling and augmentation seed: the same for every variant (a controlled ablation)."""
-    return derive_seed(profile.seed, "train")
+    return derive_seed(replica_seed(profile, replica), "train")
 
 
 def fit_variant(variant: str, data: TrainData, profile: Profile | str | None = None,
@@ -898,8 +933,9 @@ def fit_variant(variant: str, data: TrainData, profile: Profile | str | None = N
     prof = _profile(profile)
     cfg = (config or TrainConfig()).resolved(prof)
     paths = paths or TrainPaths.for_profile(prof.name)
-    ckpt_dir, log_path = paths.checkpoints_dir / variant, paths.log_csv(variant)
-    model_path = paths.models_dir / f"{variant}.keras"
+    run = run_name(variant, cfg.seed)
+    ckpt_dir, log_path = paths.checkpoints_dir / run, paths.log_csv(run)
+    model_path = paths.models_dir / f"{run}.keras"
     if not resume:
         _reset_run(ckpt_dir, log_path)
     state = RunState.load(ckpt_dir / STATE_FILE) or RunState(learning_rate=cfg.learning_rate)
@@ -916,7 +952,7 @@ def fit_variant(variant: str, data: TrainData, profile: Profile | str | None = N
         _restore(model, ckpt_dir, state)
         truncate_log(log_path, state.log_lines)
     train = RPNetDataset(data.arrays, fit_ids, variant, cfg.batch_size * device.replicas,
-                         training=True, seed=_run_seed(prof), augment=cfg.augment,
+                         training=True, seed=_run_seed(prof, cfg.seed), augment=cfg.augment,
                          pcr_fraction=cfg.pcr_fraction, steps_per_epoch=cfg.steps_per_epoch,
                          workers=cfg.workers)
     x_tune, y_tune = stacked_inputs(data, tune_ids, variant)
@@ -938,8 +974,9 @@ def fit_variant(variant: str, data: TrainData, profile: Profile | str | None = N
             progress.set_postfix_str(_postfix(logs, cfg.monitor), refresh=False)
     interrupted = state.epoch < cfg.epochs and not state.stopped_early
     if not interrupted:
-        _finish(variant, ckpt_dir, state, model_path, prof, data, cfg)
-        model.load_weights(model_path)  # best epoch; keeps the traced predict function
+        model.load_weights(ckpt_dir / "best.keras")  # best epoch; keeps the traced functions
+        readout = refit_readout(model, data, cfg) if cfg.readout else None
+        _finish(variant, model, ckpt_dir, state, model_path, prof, data, cfg, readout, paths)
     return FitResult(variant, model_path, log_path, state.best_epoch, state.best_metric,
                      epochs_run, state.seconds, interrupted=interrupted,
                      model=None if interrupted else model)
@@ -963,26 +1000,63 @@ def _postfix(logs: Mapping[str, float], monitor: str) -> str:
     return " ".join(f"{short.get(k, k)}={logs[k]:.3f}" for k in dict.fromkeys(keys) if k in logs)
 
 
-def _finish(variant: str, ckpt_dir: Path, state: RunState, model_path: Path, profile: Profile,
-            data: TrainData, cfg: TrainConfig) -> None:
-    """Copy the best checkpoint to the models folder, with a JSON sidecar; mark done."""
-    write_atomic(model_path, lambda tmp: shutil.copyfile(ckpt_dir / "best.keras", tmp))
-    write_json_atomic(model_path.with_suffix(".json"), model_card(variant, profile, data, cfg,
-                                                                  state))
+def _finish(variant: str, model: keras.Model, ckpt_dir: Path, state: RunState,
+            model_path: Path, profile: Profile, data: TrainData, cfg: TrainConfig,
+            readout: Readout | None, paths: TrainPaths) -> None:
+    """Save the selected model (with its refitted readout) and its card; mark the run done."""
+    with atomic_path(model_path) as tmp:
+        model.save(tmp)
+    card = model_card(variant, profile, data, cfg, state, readout)
+    write_json_atomic(model_path.with_suffix(".json"), card)
+    if readout is not None:
+        ids = data.ids(cohort="training")
+        oof = pd.DataFrame({"patient_id": ids, "oof_score": readout.oof})
+        target = paths.readout_dir / f"{model_path.stem}.csv"
+        write_atomic(target, lambda tmp: oof.to_csv(tmp, index=False))
     state.done = True
     write_json_atomic(ckpt_dir / STATE_FILE, asdict(state))
 
 
+def head_vectors(model: keras.Model, data: TrainData, ids: Sequence[str], variant: str,
+                 batch_size: int = 8) -> np.ndarray:
+    """The head vector (input of the final pcr unit) of each patient, unaugmented."""
+    x, _ = stacked_inputs(data, ids, variant)
+    features = head_vector_model(model).predict(x, batch_size=batch_size, verbose=0)
+    return np.asarray(features, dtype=np.float64)
+
+
+def refit_readout(model: keras.Model, data: TrainData, cfg: TrainConfig) -> Readout:
+    """Stage 2: cross-validated logistic refit of the pcr unit on every training patient
+    (:mod:`utils.readout`); the fitted weights are written into ``model``."""
+    ids = data.ids(cohort="training")
+    check_no_leak(data, ids)
+    table = data.patients.set_index("patient_id").loc[ids]
+    readout = fit_readout(head_vectors(model, data, ids, variant_name(model), cfg.batch_size),
+                          table["pcr"].to_numpy(int), table["fold"].to_numpy(int),
+                          head_groups(model))
+    set_readout(model, readout.coef, readout.intercept)
+    return readout
+
+
+def variant_name(model: keras.Model) -> str:
+    return model.name.removeprefix("rpnet_")
+
+
 def model_card(variant: str, profile: Profile, data: TrainData, cfg: TrainConfig,
-               state: RunState) -> dict[str, Any]:
-    """What :mod:`utils.predict` needs next to a model: grid, ROI and the prior correction."""
+               state: RunState, readout: Readout | None = None) -> dict[str, Any]:
+    """What :mod:`utils.predict` needs next to a model: grid, ROI and the prior correction.
+
+    A refitted readout is fitted at the training cohort's own prevalence, so it needs no
+    prior correction."""
     fit_ids = data.ids("fit")
     labels = {p: data.arrays[p].pcr for p in fit_ids}
-    return {"variant": variant, "profile": profile.name, "spacing_zyx": list(profile.spacing_zyx),
+    return {"variant": variant, "seed": cfg.seed,
+            "profile": profile.name, "spacing_zyx": list(profile.spacing_zyx),
             "roi_zyx": list(profile.roi_zyx), "sequences": list(SEQUENCES),
             "train_pcr_fraction": epoch_fraction(fit_ids, labels, cfg.pcr_fraction),
             "prevalence": float(np.mean(list(labels.values()))),
-            "prior_correction": cfg.prior_correction,
+            "prior_correction": cfg.prior_correction and readout is None,
+            "readout": readout.card() if readout is not None else None,
             "best_epoch": state.best_epoch, "monitor": cfg.monitor,
             "best_metric": state.best_metric, "epochs": state.epoch,
             "config": _jsonable(asdict(cfg))}
@@ -1027,43 +1101,60 @@ def _mask_columns(p: PatientArrays, pred: Mapping[str, np.ndarray], i: int
     return row, masks
 
 
+def out_of_fold_scores(paths: TrainPaths, run: str) -> dict[str, float]:
+    """Training patients' out-of-fold readout scores of one run (empty without a readout)."""
+    path = paths.readout_dir / f"{run}.csv"
+    if not path.exists():
+        return {}
+    table = pd.read_csv(path, dtype={"patient_id": str})
+    return dict(zip(table["patient_id"], table["oof_score"], strict=True))
+
+
 def predict_variant(variant: str, model: keras.Model | Path, data: TrainData, paths: TrainPaths,
-                    batch_size: int = 4) -> pd.DataFrame:
+                    batch_size: int = 4, replica: int = 0) -> pd.DataFrame:
     """Predict every loaded patient (all cohorts) once with the selected model.
 
-    ``model`` is the trained model in memory or a ``.keras`` path. Writes
-    ``predicted_masks/<variant>/<patient>.npz`` (the variant's masks only; none for
-    single_task) and ``predictions/<variant>.csv``; returns the rows of predictions.csv.
+    ``model`` is the trained model in memory or a ``.keras`` path. Training-cohort patients
+    get their out-of-fold readout score (:mod:`utils.readout`) when the run has one. Writes
+    ``predicted_masks/<run>/<patient>.npz`` (the variant's masks only; none for
+    single_task) and ``predictions/<run>.csv``; returns the rows of predictions.csv.
     """
     if not isinstance(model, keras.Model):
         model = keras.saving.load_model(model, compile=False, safe_mode=True)
-    card = read_model_card(paths.models_dir / f"{variant}.keras")
+    run = run_name(variant, replica)
+    card = read_model_card(paths.models_dir / f"{run}.keras")
     ids = sorted(data.arrays)
     x, _ = stacked_inputs(data, ids, variant)
     pred = predict_arrays(model, x, batch_size)
     scores = score_from_card(pred["pcr"][:, 0], card)
+    oof = out_of_fold_scores(paths, run)
     rows = []
     for i, pid in enumerate(ids):
         p = data.arrays[pid]
         cols, masks = _mask_columns(p, pred, i)
-        rows.append({"model": variant, "patient_id": pid, "cohort": p.cohort,
-                     "centre": p.centre, "pcr": p.pcr, "score": float(scores[i]), **cols})
+        rows.append({"model": variant, "seed": replica, "patient_id": pid, "cohort": p.cohort,
+                     "centre": p.centre, "pcr": p.pcr,
+                     "score": float(oof.get(pid, scores[i])),
+                     "score_source": "out_of_fold" if pid in oof else "model", **cols})
         if masks:
-            save_npz_atomic(paths.predicted_masks_dir / variant / f"{pid}.npz", **masks,
+            save_npz_atomic(paths.predicted_masks_dir / run / f"{pid}.npz", **masks,
                             spacing_zyx=p.spacing_zyx)
     table = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
-    target = paths.predictions_dir / f"{variant}.csv"
+    target = paths.predictions_dir / f"{run}.csv"
     write_atomic(target, lambda tmp: table.to_csv(tmp, index=False))
     return table
 
 
-def write_predictions(paths: TrainPaths, variants: Sequence[str] = ALL_VARIANTS) -> pd.DataFrame:
-    """Combine the per-variant tables of this run into ``results/predictions.csv`` (atomically).
+def write_predictions(paths: TrainPaths, runs: Sequence[str] | None = None) -> pd.DataFrame:
+    """Combine per-run tables into ``results/predictions.csv`` (atomically).
 
-    Every variant of ``variants`` with a table in ``runs/<profile>/predictions/`` is included.
+    ``runs``: run names (:func:`run_name`) to include, in order; default every table in
+    ``runs/<profile>/predictions/``.
     """
-    frames = [pd.read_csv(paths.predictions_dir / f"{v}.csv", dtype={"patient_id": str})
-              for v in variants if (paths.predictions_dir / f"{v}.csv").exists()]
+    if runs is None:
+        runs = sorted(p.stem for p in paths.predictions_dir.glob("*.csv"))
+    frames = [pd.read_csv(paths.predictions_dir / f"{r}.csv", dtype={"patient_id": str})
+              for r in runs if (paths.predictions_dir / f"{r}.csv").exists()]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=PREDICTION_COLUMNS)
     write_atomic(paths.predictions_csv, lambda tmp: table.to_csv(tmp, index=False))
@@ -1092,14 +1183,17 @@ def describe_run(data: TrainData, profile: Profile, cfg: TrainConfig) -> str:
 
 def train_all(profile: Profile | str | None = None, variants: Sequence[str] = ALL_VARIANTS,
               config: TrainConfig | None = None, paths: TrainPaths | None = None, *,
-              resume: bool = True, progress: bool = True) -> pd.DataFrame:
+              seeds: int | Mapping[str, int] | None = None, resume: bool = True,
+              progress: bool = True) -> pd.DataFrame:
     """Train the main model and every ablation with one split and one budget; predict all.
 
-    Per variant: one progress bar (one line) and one summary line. Writes
-    ``models/<variant>.keras``, ``logs/<variant>/training.csv``, ``predicted_masks/``,
-    ``results/split.csv`` and ``results/predictions.csv`` (every variant of this run that has
-    predictions, updated after each variant); returns the predictions table.
-    Completed variants are not retrained (``resume=False`` retrains everything).
+    ``seeds``: replicas per variant (an int for all, or a mapping variant -> count; absent
+    variants get one); default: ``profile.seeds`` for :data:`SEEDED_VARIANTS`, one otherwise.
+    Per run: one progress bar (one line) and one summary line. Writes
+    ``models/<run>.keras``, ``logs/<run>/training.csv``, ``predicted_masks/``,
+    ``results/split.csv``, ``results/folds.csv`` and ``results/predictions.csv`` (every run
+    of this call, updated after each run); returns the predictions table.
+    Completed runs are not retrained (``resume=False`` retrains everything).
     """
     prof = _profile(profile)
     cfg = (config or TrainConfig()).resolved(prof)
@@ -1112,28 +1206,36 @@ def train_all(profile: Profile | str | None = None, variants: Sequence[str] = AL
     if data.skipped:
         print(f"  skipped (no usable cache): {', '.join(sorted(data.skipped)[:12])}"
               + (" ..." if len(data.skipped) > 12 else ""))
+    if seeds is None:
+        seeds = dict.fromkeys(SEEDED_VARIANTS, prof.seeds)
+    runs = []
     for variant in variants:
-        _train_and_predict(variant, data, prof, cfg, paths, resume, progress)
-        write_predictions(paths)  # after each variant: partial results survive a crash
-    return write_predictions(paths)
+        count = seeds if isinstance(seeds, int) else seeds.get(variant, 1)
+        for replica in range(count):
+            _train_and_predict(variant, data, prof, replace(cfg, seed=replica), paths, resume,
+                               progress)
+            runs.append(run_name(variant, replica))
+            write_predictions(paths, runs)  # after each run: partial results survive a crash
+    return write_predictions(paths, runs)
 
 
 def _train_and_predict(variant: str, data: TrainData, prof: Profile, cfg: TrainConfig,
                        paths: TrainPaths, resume: bool, progress: bool) -> None:
     start = time.perf_counter()
-    with _bar(cfg.epochs, f"{variant:>15}", progress) as bar:
+    run = run_name(variant, cfg.seed)
+    with _bar(cfg.epochs, f"{run:>18}", progress) as bar:
         result = fit_variant(variant, data, prof, cfg, paths, resume=resume, progress=bar)
-    table_path = paths.predictions_dir / f"{variant}.csv"
+    table_path = paths.predictions_dir / f"{run}.csv"
     if not (result.skipped and table_path.exists()):
         table = predict_variant(variant, result.model or result.model_path, data, paths,
-                                cfg.batch_size)
+                                cfg.batch_size, cfg.seed)
     else:
         table = pd.read_csv(table_path, dtype={"patient_id": str})
     print(_summary(result, table, time.perf_counter() - start))
 
 
 def _summary(result: FitResult, table: pd.DataFrame, seconds: float) -> str:
-    parts = [f"{result.variant:>15}: best epoch {result.best_epoch + 1}"]
+    parts = [f"{result.model_path.stem:>18}: best epoch {result.best_epoch + 1}"]
     for cohort in ("internal_validation", "external_validation"):
         rows = table[table["cohort"] == cohort]
         if len(rows) and rows["pcr"].nunique() == 2:
@@ -1152,30 +1254,48 @@ def read_log(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def plot_training_curves(log_paths: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike]):
-    """Loss (fit and tune), tune Dice and tune AUC per epoch, one line per variant."""
+    """Per epoch and run: loss (fit dotted, tune solid), pCR loss (fit dotted, tune solid),
+    tune Dice (pre solid, post dashed) and tune AUC."""
     import matplotlib.pyplot as plt
 
     if not isinstance(log_paths, Mapping):
         log_paths = {Path(p).parent.name: p for p in log_paths}
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
     for i, (name, path) in enumerate(log_paths.items()):
         log, color = read_log(path), f"C{i % 10}"
         epochs = log["epoch"] + 1
-        axes[0].plot(epochs, log["loss"], color=color, alpha=0.5, linestyle=":")
-        axes[0].plot(epochs, log["tune_loss"], color=color, label=name)
+        for ax, key in ((axes[0], "loss"), (axes[1], "pcr_loss")):
+            if key in log:
+                ax.plot(epochs, log[key], color=color, alpha=0.6, linestyle=":")
+            if f"tune_{key}" in log:
+                ax.plot(epochs, log[f"tune_{key}"], color=color, label=name)
         for key, style in (("tune_mask_pre_dice", "-"), ("tune_mask_post_dice", "--")):
             if key in log:
-                axes[1].plot(epochs, log[key], color=color, linestyle=style)
+                axes[2].plot(epochs, log[key], color=color, linestyle=style)
         if "tune_pcr_auc" in log:
-            axes[2].plot(epochs, log["tune_pcr_auc"], color=color)
-    titles = ["loss (dotted: fit, solid: tune)", "tune Dice (solid: pre, dashed: post)",
-              "tune AUC (pCR)"]
+            axes[3].plot(epochs, log["tune_pcr_auc"], color=color)
+    titles = ["weighted loss (dotted: fit, solid: tune)", "pCR loss (dotted: fit, solid: tune)",
+              "tune Dice (solid: pre, dashed: post)", "tune AUC (pCR, gradient-trained unit)"]
     for ax, title in zip(axes, titles, strict=True):
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def readout_table(models_dir: str | os.PathLike) -> pd.DataFrame:
+    """One row per trained run: the readout's chosen feature set, penalty and out-of-fold
+    AUC over the training cohort (from the model cards)."""
+    rows = []
+    for card_path in sorted(Path(models_dir).glob("*.json")):
+        card = json.loads(card_path.read_text())
+        readout = card.get("readout") or {}
+        rows.append({"run": card_path.stem, "variant": card.get("variant"),
+                     "seed": card.get("seed", 0), "best_epoch": card.get("best_epoch", -1) + 1,
+                     "readout_features": readout.get("features"), "C": readout.get("C"),
+                     "oof_auc": readout.get("oof_auc")})
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- timing

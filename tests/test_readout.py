@@ -1,0 +1,113 @@
+"""Tests of utils.readout (cross-validated logistic readout) and utils.baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from utils import baseline as bl
+from utils import readout as ro
+
+
+def _patients(n: int = 60, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(n)],
+                         "pcr": (rng.random(n) < 0.3).astype(int)})
+
+
+def test_folds_are_stratified_and_independent_of_row_order():
+    patients = _patients()
+    folds = ro.make_folds(patients, k=5, seed=1)
+    shuffled = ro.make_folds(patients.sample(frac=1, random_state=3), k=5, seed=1)
+    pd.testing.assert_frame_equal(folds, shuffled)
+    merged = folds.merge(patients, on="patient_id")
+    per_fold = merged.groupby("fold")["pcr"].agg(["size", "sum"])
+    assert per_fold["size"].max() - per_fold["size"].min() <= 1
+    assert per_fold["sum"].max() - per_fold["sum"].min() <= 1
+    assert not folds.equals(ro.make_folds(patients, k=5, seed=2))
+    with pytest.raises(ValueError, match="k >= 2"):
+        ro.make_folds(patients, k=1)
+
+
+def test_raw_space_coefficients_match_a_standardised_sklearn_pipeline():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 4)) * [1, 10, 0.1, 3] + [0, 5, -2, 1]
+    y = (x[:, 0] + 0.1 * x[:, 1] + rng.normal(size=80) > 0.5).astype(int)
+    coef, intercept = ro.fit_logistic(x, y, 0.3)
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=0.3, max_iter=2000))
+    expected = pipeline.fit(x, y).predict_proba(x)[:, 1]
+    np.testing.assert_allclose(1 / (1 + np.exp(-(x @ coef + intercept))), expected, rtol=1e-6)
+
+
+def test_out_of_fold_scores_never_see_their_own_label():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 3))
+    y = (x[:, 0] > 0).astype(int)
+    folds = np.arange(50) % 5
+    before = ro.out_of_fold(x, y, folds, 1.0)
+    flipped = y.copy()
+    flipped[folds == 2] = 1 - flipped[folds == 2]
+    after = ro.out_of_fold(x, flipped, folds, 1.0)
+    np.testing.assert_array_equal(before[folds == 2], after[folds == 2])
+    assert not np.allclose(before[folds != 2], after[folds != 2])
+
+
+def test_readout_keeps_the_informative_group_and_zeroes_the_rest():
+    rng = np.random.default_rng(2)
+    n = 120
+    tumour = rng.normal(size=(n, 3))
+    noise = rng.normal(size=(n, 40))
+    y = (tumour @ [1.5, -1.0, 0.5] + rng.normal(0, 0.7, n) > 0).astype(int)
+    x = np.hstack([noise[:, :20], noise[:, 20:], tumour])
+    groups = [("encoder", 20), ("bottleneck", 20), ("tumour", 3)]
+    readout = ro.fit_readout(x, y, np.arange(n) % 5, groups)
+    assert readout.features == "tumour"
+    assert np.all(readout.coef[:40] == 0) and np.all(readout.coef[40:] != 0)
+    assert set(readout.cv["features"]) == {"tumour", "tumour+encoder", "tumour+bottleneck",
+                                           "tumour+encoder+bottleneck"}
+    assert readout.oof_auc > 0.8 and readout.card()["k_folds"] == 5
+    assert ro.candidate_sets([("all", 5)]).keys() == {"all"}
+    with pytest.raises(ValueError, match="pCR and non-pCR"):
+        ro.fit_readout(x, np.zeros(n, int), np.arange(n) % 5, groups)
+
+
+# ----------------------------------------------------------------------------- baseline
+def test_tumour_features_on_known_values():
+    spacing = (2.0, 1.0, 1.0)  # 2 mm^3 voxels
+    image = np.zeros((4, 10, 10, 2), np.float32)
+    pre = np.zeros((4, 10, 10), np.uint8)
+    post = np.zeros_like(pre)
+    pre[:, :5, :5] = 1  # 100 voxels = 0.2 mL
+    post[0, :2, :5] = 255  # 10 voxels = 0.02 mL, stored as {0, 255}
+    image[0, :2, :5, 1] = [[6, 6, 6, 6, 6], [1, 1, 1, 1, 1]]
+    features = bl.tumour_features(image, pre, post, spacing, dwi_channel=1)
+    assert features["log_volume_ratio"] == pytest.approx(np.log(0.12 / 0.3))
+    assert features["post_dwi_mean"] == pytest.approx(3.5)
+    assert features["post_dwi_bright"] == pytest.approx(0.5)
+    empty = bl.tumour_features(image, pre, np.zeros_like(post), spacing, dwi_channel=1)
+    assert empty["post_dwi_mean"] == pytest.approx(35 / 100)  # falls back to the tumour bed
+
+
+def test_handcrafted_model_is_fitted_on_training_rows_only():
+    rng = np.random.default_rng(3)
+    n = 90
+    cohorts = np.array(["training"] * 60 + ["internal_validation"] * 30)
+    table = pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(n)], "cohort": cohorts,
+                          "centre": "A", "pcr": (rng.random(n) < 0.4).astype(int),
+                          **{f: rng.normal(size=n) for f in bl.FEATURES}})
+    table["post_dwi_mean"] -= 2 * table["pcr"]
+    folds = ro.make_folds(table[table["cohort"] == "training"], k=5)
+    rows, coef = bl.handcrafted_scores(table, folds, bl.HANDCRAFTED_PRED)
+    corrupted = table.copy()
+    validation = corrupted["cohort"] != "training"
+    corrupted.loc[validation, "pcr"] = 1 - corrupted.loc[validation, "pcr"]
+    corrupted.loc[validation, list(bl.FEATURES)] *= 10
+    other_rows, other_coef = bl.handcrafted_scores(corrupted, folds, bl.HANDCRAFTED_PRED)
+    pd.testing.assert_frame_equal(coef, other_coef)
+    training = rows["cohort"] == "training"
+    np.testing.assert_allclose(rows.loc[training, "score"], other_rows.loc[training, "score"])
+    assert coef.set_index("feature").loc["post_dwi_mean", "coefficient"] < 0

@@ -1,0 +1,114 @@
+"""The handcrafted baseline: logistic regression on three tumour features.
+
+What every reader asks of a deep model: does it beat a few numbers a radiologist could
+measure? Per patient, inside a tumour mask on the preprocessed ROI (the cache):
+
+- ``log_volume_ratio``: log((V_post + 0.1 mL) / (V_pre + 0.1 mL));
+- ``post_dwi_mean``: mean normalised post-treatment DWI inside the post-treatment mask (the
+  pre-treatment mask, i.e. the tumour bed, when the post mask is empty);
+- ``post_dwi_bright``: the fraction of those voxels brighter than :data:`BRIGHT_Z` robust SDs.
+
+Two versions: on the network's predicted masks (``handcrafted_pred``, a fair competitor:
+the same masks the network's readout sees) and on the ground-truth masks (``handcrafted_gt``,
+a reference that no automatic method has). The logistic model (standardised features,
+L2, C = 1) is fitted on the training cohort only; training patients get out-of-fold scores
+over the readout's folds (``results/folds.csv``), validation patients the full fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import segmetrics
+from .config import SEQUENCES
+from .readout import fit_logistic, out_of_fold
+
+HANDCRAFTED_PRED = "handcrafted_pred"
+HANDCRAFTED_GT = "handcrafted_gt"
+FEATURES: tuple[str, ...] = ("log_volume_ratio", "post_dwi_mean", "post_dwi_bright")
+BRIGHT_Z = 5.0
+VOLUME_OFFSET_ML = 0.1
+C_BASELINE = 1.0
+
+
+def tumour_features(image_post: np.ndarray, mask_pre: np.ndarray, mask_post: np.ndarray,
+                    spacing_zyx: Sequence[float], dwi_channel: int | None = None
+                    ) -> dict[str, float]:
+    """The three handcrafted features of one patient (arrays on the ROI grid)."""
+    channel = SEQUENCES.index("DWI") if dwi_channel is None else dwi_channel
+    pre, post = np.asarray(mask_pre) > 0, np.asarray(mask_post) > 0
+    v_pre = segmetrics.volume_ml(pre, spacing_zyx)
+    v_post = segmetrics.volume_ml(post, spacing_zyx)
+    region = post if post.any() else pre
+    dwi = np.asarray(image_post)[..., channel][region]
+    if dwi.size == 0:
+        dwi = np.zeros(1, dtype=np.float32)
+    return {"log_volume_ratio": float(np.log((v_post + VOLUME_OFFSET_ML)
+                                             / (v_pre + VOLUME_OFFSET_ML))),
+            "post_dwi_mean": float(dwi.mean()),
+            "post_dwi_bright": float(np.mean(dwi > BRIGHT_Z))}
+
+
+def feature_table(patients: pd.DataFrame, cache_dir: str | Path,
+                  masks_dir: str | Path | None = None) -> pd.DataFrame:
+    """Features of every patient with a cache file (and a predicted mask file when
+    ``masks_dir`` is given; ``None`` uses the cached ground-truth masks)."""
+    rows = []
+    for row in patients.to_dict("records"):
+        pid = str(row["patient_id"])
+        cache_file = Path(cache_dir) / f"{pid}.npz"
+        mask_file = cache_file if masks_dir is None else Path(masks_dir) / f"{pid}.npz"
+        if not (cache_file.exists() and mask_file.exists()):
+            continue
+        with np.load(cache_file, allow_pickle=False) as cache, np.load(
+                mask_file, allow_pickle=False) as masks:
+            features = tumour_features(cache["image_post"], masks["mask_pre"],
+                                       masks["mask_post"], cache["spacing_zyx"])
+        rows.append({"patient_id": pid, "cohort": row["cohort"], "centre": row["centre"],
+                     "pcr": int(row["pcr"]), **features})
+    return pd.DataFrame(rows)
+
+
+def handcrafted_scores(features: pd.DataFrame, folds: pd.DataFrame, model: str
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score rows (``model, patient_id, cohort, centre, pcr, score``) and the coefficient
+    table of the logistic model fitted on the training cohort."""
+    training = features[features["cohort"] == "training"].merge(folds, on="patient_id")
+    if training["pcr"].nunique() < 2:
+        raise ValueError("the handcrafted baseline needs pCR and non-pCR training patients")
+    x_train = training[list(FEATURES)].to_numpy(float)
+    y_train = training["pcr"].to_numpy(int)
+    coef, intercept = fit_logistic(x_train, y_train, C_BASELINE)
+    x_all = features[list(FEATURES)].to_numpy(float)
+    score = pd.Series(1.0 / (1.0 + np.exp(-(x_all @ coef + intercept))), index=features.index)
+    oof = out_of_fold(x_train, y_train, training["fold"].to_numpy(int), C_BASELINE)
+    score.loc[features["cohort"] == "training"] = pd.Series(
+        oof, index=training["patient_id"]).reindex(
+        features.loc[features["cohort"] == "training", "patient_id"]).to_numpy()
+    rows = features[["patient_id", "cohort", "centre", "pcr"]].assign(model=model,
+                                                                      score=score.to_numpy())
+    table = pd.DataFrame({"model": model, "feature": [*FEATURES, "intercept"],
+                          "coefficient": [*coef, intercept]})
+    return rows[["model", "patient_id", "cohort", "centre", "pcr", "score"]], table
+
+
+def baseline_rows(patients: pd.DataFrame, cache_dir: str | Path, folds: pd.DataFrame,
+                  masks_dirs: Mapping[str, str | Path | None]
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score rows and coefficients of each baseline, ``{model name: masks folder}``
+    (``None``: ground-truth masks)."""
+    scores, coefficients = [], []
+    for model, masks_dir in masks_dirs.items():
+        features = feature_table(patients, cache_dir, masks_dir)
+        if features.empty:
+            continue
+        rows, coef = handcrafted_scores(features, folds, model)
+        scores.append(rows)
+        coefficients.append(coef)
+    if not scores:
+        return pd.DataFrame(), pd.DataFrame()
+    return pd.concat(scores, ignore_index=True), pd.concat(coefficients, ignore_index=True)
