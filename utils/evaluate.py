@@ -1018,7 +1018,8 @@ def cached_inputs(cache_file: str | Path, names: Iterable[str]) -> dict[str, np.
 
 # ----------------------------------------------------------------------------- plots
 COLORS = {MAIN_MODEL: "#1f77b4", INTEGRATED: "#d62728", VOLUME_GT: "#7f7f7f",
-          VOLUME_PRED: "#bcbd22", ORACLE: "#2ca02c"}
+          VOLUME_PRED: "#bcbd22", ORACLE: "#2ca02c", IMAGE_ORACLE: "#98df8a",
+          HANDCRAFTED_PRED: "#ff7f0e", HANDCRAFTED_GT: "#ffbb78"}
 
 
 def _label(model: str) -> str:
@@ -1047,7 +1048,8 @@ def _panel_data(scores: pd.DataFrame, cohort: str, model: str):
 
 
 def plot_roc_curves(scores: pd.DataFrame, auc: pd.DataFrame,
-                    models: Sequence[str] = (MAIN_MODEL, VOLUME_GT, ORACLE),
+                    models: Sequence[str] = (MAIN_MODEL, HANDCRAFTED_PRED, VOLUME_GT,
+                                             IMAGE_ORACLE, ORACLE),
                     cohorts: Sequence[str] | None = None,
                     operating: pd.DataFrame | None = None, title: str = "") -> plt.Figure:
     """ROC curve per cohort (one panel each) for ``models``; the legend gives the AUC with
@@ -1069,7 +1071,7 @@ def _roc_panel(ax, scores, auc, models, cohort, operating) -> None:
         if reason or not s.size:
             continue
         curve = st.roc_curve_points(y, s)
-        style = "--" if model == ORACLE else "-"
+        style = "--" if model in ORACLES else "-"
         ax.plot(curve["fpr"], curve["tpr"], style, color=COLORS.get(model), lw=1.5,
                 label=_auc_legend(auc, cohort, model))
         drawn = True
