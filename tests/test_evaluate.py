@@ -186,6 +186,7 @@ def test_metrics_json_has_required_keys(evaluation: ev.Evaluation, tmp_path: Pat
         assert models["full"]["dice_pre"] is not None and models["full"]["oracle_auc"] > 0.5
         assert models["full"]["image_oracle_auc"] > 0.5
         assert models["full"]["n_seeds"] == 3 and models["paper_head"]["n_seeds"] == 1
+        assert isinstance(models["full"]["n_seeds"], int)
         assert models["full"]["auc_seed_min"] <= models["full"]["auc_seed_mean"]
         assert {m for m in models if "handcrafted" in m} == set(ev.HANDCRAFTED)
         assert models["single_task"]["dice_pre"] is None  # NaN -> null
@@ -355,6 +356,7 @@ def test_readme_results_table_labels_paper_and_phantom(evaluation: ev.Evaluation
     assert "0.95 (0.91–0.98)" in table and "0.92 (0.87–0.96)" in table
     assert "0.97 (0.93–0.99)" in table
     assert "phantom (synthetic), demo profile" in table
+    assert "3 seeds: mean" in table
     text = f"intro\n{ev.README_MARKERS[0]}\nold\n{ev.README_MARKERS[1]}\nrest\n"
     replaced = ev.replace_readme_section(text, table)
     assert ev.readme_section(replaced) == table and replaced.endswith("rest\n")

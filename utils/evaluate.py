@@ -721,6 +721,7 @@ def build_metrics(auc: pd.DataFrame, performance: pd.DataFrame, seg_summary: pd.
         entry["image_oracle_auc"] = image_oracle.get(row["cohort"], np.nan)
         if seeds is not None and key in seeds.index:
             entry.update(seeds.loc[key].to_dict())
+            entry["n_seeds"] = int(entry["n_seeds"])
         cohorts.setdefault(row["cohort"], {})[row["model"]] = entry
     return _clean({"meta": dict(meta), "cohorts": cohorts})
 
@@ -790,7 +791,7 @@ def _seed_cell(metrics: Mapping, cohort: str, model: str) -> str:
     entry = metrics.get("cohorts", {}).get(cohort, {}).get(model) or {}
     if not entry.get("n_seeds") or entry["n_seeds"] < 2 or entry.get("auc_seed_mean") is None:
         return ""
-    return (f"; {entry['n_seeds']} seeds: mean {entry['auc_seed_mean']:.2f} "
+    return (f"; {int(entry['n_seeds'])} seeds: mean {entry['auc_seed_mean']:.2f} "
             f"(SD {entry['auc_seed_sd']:.2f}), worst {entry['auc_seed_min']:.2f}")
 
 

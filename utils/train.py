@@ -85,7 +85,15 @@ from scipy import ndimage
 from . import segmetrics
 from .config import SEQUENCES, Profile, get_paths, get_profile
 from .io import atomic_path, save_npz_atomic, write_atomic, write_json_atomic
-from .model import VARIANTS, build_rpnet, compile_rpnet, head_groups, head_vector_model, set_readout
+from .model import (
+    VARIANTS,
+    build_rpnet,
+    compile_rpnet,
+    head_groups,
+    head_vector_model,
+    set_readout,
+    variant_of,
+)
 from .readout import Readout, fit_readout, make_folds
 from .repro import derive_seed, set_seeds
 
@@ -1031,15 +1039,11 @@ def refit_readout(model: keras.Model, data: TrainData, cfg: TrainConfig) -> Read
     ids = data.ids(cohort="training")
     check_no_leak(data, ids)
     table = data.patients.set_index("patient_id").loc[ids]
-    readout = fit_readout(head_vectors(model, data, ids, variant_name(model), cfg.batch_size),
+    readout = fit_readout(head_vectors(model, data, ids, variant_of(model), cfg.batch_size),
                           table["pcr"].to_numpy(int), table["fold"].to_numpy(int),
                           head_groups(model))
     set_readout(model, readout.coef, readout.intercept)
     return readout
-
-
-def variant_name(model: keras.Model) -> str:
-    return model.name.removeprefix("rpnet_")
 
 
 def model_card(variant: str, profile: Profile, data: TrainData, cfg: TrainConfig,
