@@ -340,7 +340,7 @@ def test_prediction_columns_of_a_one_mask_variant(data: tr.TrainData):
 def test_plot_training_curves(cohort: Path, runs: dict):
     paths = paths_under(cohort, "run_a")
     fig = tr.plot_training_curves({"full": paths.log_csv("full")})
-    assert len(fig.axes) == 3
+    assert len(fig.axes) == 4  # loss, pCR loss, Dice, AUC
 
 
 def test_outputs_are_float32_under_mixed_precision():
