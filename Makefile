@@ -12,13 +12,14 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONHASHSEED := 0
 export PYTHONUTF8 := 1
 
-.PHONY: help setup data reproduce test unit nbval lab lint bench clean
+.PHONY: help setup data reproduce test unit nbval lab lint bench dryrun clean
 
 help:
 	@echo "make reproduce [PROFILE=demo|smoke|paper]  set up, generate data, run every notebook, regenerate figures/"
 	@echo "make test                                  set up, unit tests, nbval on every notebook (smoke profile)"
 	@echo "make lab                                   JupyterLab with this environment's kernel"
 	@echo "make bench                                 benchmark scripts (see benchmarks/)"
+	@echo "make dryrun                                the paper network's size, memory and CPU step time"
 
 # A local virtual environment with the pinned versions; rebuilt when the pins change.
 $(STAMP): requirements.txt requirements-lock.txt .jupyter/ipython_kernel_config.py
@@ -32,6 +33,12 @@ $(STAMP): requirements.txt requirements-lock.txt .jupyter/ipython_kernel_config.
 
 setup: $(STAMP)
 
+# Test-only dependencies (the JAX CPU backend for the second-backend tests).
+TEST_STAMP := $(VENV)/.test-installed
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt -c requirements-lock.txt
+	touch $(TEST_STAMP)
+
 data: $(STAMP)
 	RPNET_PROFILE=$(PROFILE) $(PY) -m utils.cohort --profile $(PROFILE) \
 		$(if $(filter demo,$(PROFILE)),--manifest data_manifest.csv,)
@@ -44,9 +51,9 @@ reproduce: $(STAMP) data
 	done
 	@echo "figures in $$(RPNET_PROFILE=$(PROFILE) $(PY) -c 'from utils.config import get_paths; print(get_paths().figures_dir)')"
 
-test: $(STAMP) unit nbval
+test: $(TEST_STAMP) unit nbval
 
-unit: $(STAMP)
+unit: $(TEST_STAMP)
 	RPNET_PROFILE=smoke $(PY) -m pytest tests -q
 
 nbval: $(STAMP)
@@ -67,6 +74,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_loader.py --profile $(PROFILE)
 	$(PY) benchmarks/bench_training_budget.py --profile $(PROFILE)
 	$(PY) benchmarks/exp_training_schedule.py --profile $(PROFILE)
+
+# The paper profile's network at its real size and batch: one CPU training step, memory estimate.
+dryrun: $(STAMP)
+	$(PY) benchmarks/dryrun_profile.py --profile $(if $(filter demo,$(PROFILE)),paper,$(PROFILE))
 
 clean:
 	rm -rf runs data/cache

@@ -72,6 +72,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -241,14 +242,28 @@ def gpu_names(backend: str | None = None) -> list[str]:
     return []
 
 
+_STRATEGIES: dict[str, Any] = {}  # one distribution strategy per process (TF requires it)
+
+
 def _strategy(backend: str, gpus: list[str], multi_gpu: bool) -> Any:
-    if backend != "tensorflow" or not multi_gpu:
+    """MultiWorkerMirroredStrategy when ``TF_CONFIG`` is set, MirroredStrategy over several
+    GPUs, else None. Created once per process and reused. Under another backend a warning
+    says that distribution needs TensorFlow, and training runs on one device."""
+    wanted = multi_gpu and (len(gpus) > 1 or bool(os.environ.get("TF_CONFIG")))
+    if not wanted:
+        return None
+    if backend != "tensorflow":
+        warnings.warn(f"distributed training (TF_CONFIG or several GPUs) uses tf.distribute and "
+                      f"needs the TensorFlow backend; Keras uses {backend!r}: training on one "
+                      "device", RuntimeWarning, stacklevel=3)
         return None
     import tensorflow as tf
 
-    if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
+    kind = "multi_worker" if os.environ.get("TF_CONFIG") else "mirrored"
+    if kind not in _STRATEGIES:
+        _STRATEGIES[kind] = (tf.distribute.MultiWorkerMirroredStrategy() if kind == "multi_worker"
+                             else tf.distribute.MirroredStrategy())
+    return _STRATEGIES[kind]
 
 
 def setup_device(mixed_precision: bool | str = "auto", multi_gpu: bool = True) -> DeviceSetup:
