@@ -446,7 +446,8 @@ def _check_args(input_shape_zyxc: Sequence[int], variant: str, comparison: str) 
 
 def build_rpnet(input_shape_zyxc: Sequence[int], variant: str = "full", depth: int = 4,
                 base_filters: int = 8, dropout: float = 0.3, comparison: str = "subtract",
-                seed: int | None = None, pcr_gradient: bool = False) -> keras.Model:
+                seed: int | None = None, pcr_gradient: bool = False,
+                sync_batchnorm: bool = False) -> keras.Model:
     """Build one RP-Net variant (see :data:`VARIANTS`).
 
     Inputs are a dict ``{"pre", "post"}`` (the variant's subset) of (z, y, x, C) volumes;
@@ -460,7 +461,9 @@ def build_rpnet(input_shape_zyxc: Sequence[int], variant: str = "full", depth: i
     pCR loss trains the readout alone, so the head vector of a training patient is not
     fitted to that patient's label (which keeps the readout's cross-validation honest,
     :mod:`utils.readout`). The ``single_task`` variant has no segmentation loss, so its
-    backbone always learns from the pCR loss.
+    backbone always learns from the pCR loss. ``sync_batchnorm``: the head's batch norm
+    averages its statistics over all replicas (set under a distribution strategy, so that
+    every worker ends with the same moving statistics).
     """
     _check_args(input_shape_zyxc, variant, comparison)
     spec, seeds = VARIANTS[variant], _Seeds(seed)
@@ -483,7 +486,7 @@ def build_rpnet(input_shape_zyxc: Sequence[int], variant: str = "full", depth: i
     else:
         detach = spec.segmentation and not pcr_gradient
         outputs["pcr"] = _tumour_head(inputs, features, masks, spec.joins, input_shape_zyxc,
-                                      depth, dropout, comparison, seeds, detach)
+                                      depth, dropout, comparison, seeds, detach, sync_batchnorm)
     return keras.Model(inputs, outputs, name=f"rpnet_{variant}")
 
 
@@ -545,7 +548,7 @@ def _detached(features: dict, masks: dict) -> tuple[dict, dict]:
 
 def _tumour_head(inputs: dict, features: dict, masks: dict, joins: Sequence[str],
                  input_shape_zyxc: Sequence[int], depth: int, dropout: float,
-                 comparison: str, seeds: _Seeds, detach: bool):
+                 comparison: str, seeds: _Seeds, detach: bool, sync_batchnorm: bool = False):
     """Tumour-guided readout: the post-vs-pre comparison averaged inside the predicted tumour.
 
     Per join: the comparison map (no convolution, no normalisation: amplitude survives)
@@ -573,7 +576,7 @@ def _tumour_head(inputs: dict, features: dict, masks: dict, joins: Sequence[str]
             vectors.append(MaskedMoments(name=f"tumour_moments_{image}_in_{where}")(
                 [inputs[image], masks[where]]))
     x = layers.Concatenate(name="head_concat")(vectors)
-    x = layers.BatchNormalization(momentum=0.9, name=HEAD_VECTOR)(x)
+    x = layers.BatchNormalization(momentum=0.9, synchronized=sync_batchnorm, name=HEAD_VECTOR)(x)
     return _final_dense(x, dropout, seeds, zero_init=True)
 
 

@@ -260,6 +260,10 @@ def _strategy(backend: str, gpus: list[str], multi_gpu: bool) -> Any:
     import tensorflow as tf
 
     kind = "multi_worker" if os.environ.get("TF_CONFIG") else "mirrored"
+    if kind == "multi_worker":
+        from .distribute import patch_keras_for_multi_worker
+
+        patch_keras_for_multi_worker()
     if kind not in _STRATEGIES:
         _STRATEGIES[kind] = (tf.distribute.MultiWorkerMirroredStrategy() if kind == "multi_worker"
                              else tf.distribute.MirroredStrategy())
@@ -868,7 +872,8 @@ def _build_compiled(variant: str, profile: Profile, cfg: TrainConfig, shape: Seq
         model = build_rpnet(tuple(shape), variant, depth=profile.depth,
                             base_filters=profile.base_filters, dropout=cfg.dropout,
                             comparison=cfg.comparison, seed=replica_seed(profile, cfg.seed),
-                            pcr_gradient=cfg.pcr_gradient)
+                            pcr_gradient=cfg.pcr_gradient,
+                            sync_batchnorm=device.strategy is not None)
         compile_rpnet(model, variant, cfg.learning_rate, loss_weights=cfg.loss_weights,
                       optimizer=cfg.optimizer, jit_compile=device.jit_compile)
     return model
@@ -968,8 +973,8 @@ def fit_variant(variant: str, data: TrainData, profile: Profile | str | None = N
     fit_ids, tune_ids = data.ids("fit"), data.ids("tune")
     check_no_leak(data, fit_ids + tune_ids)
     deterministic = cfg.deterministic if cfg.deterministic is not None else not gpu_names()
+    device = setup_device(cfg.mixed_precision)  # first: a strategy configures TF at start-up
     set_seeds(prof.seed, deterministic=deterministic)
-    device = setup_device(cfg.mixed_precision)
     model = _build_compiled(variant, prof, cfg, data.input_shape, device)
     if state.checkpoint:
         _restore(model, ckpt_dir, state)
