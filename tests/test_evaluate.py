@@ -425,3 +425,20 @@ def test_grad_cam_refuses_a_detached_head():
 
     with pytest.raises(ValueError, match="detached"):
         ev.branch_feature_tensors(build_rpnet((8, 16, 16, 2), "full", depth=3, base_filters=2))
+
+
+def test_one_pcr_patient_gives_nan_intervals_and_tests_with_a_reason(run_dir: Path):
+    predictions = ev.load_predictions(run_dir / "results" / "predictions.csv")
+    internal = predictions["cohort"] == "internal_validation"
+    keep = predictions.loc[internal & (predictions["pcr"] == 1), "patient_id"].iloc[0]
+    predictions.loc[internal & (predictions["patient_id"] != keep), "pcr"] = 0
+    scores = ev.score_table(ev.seed_average(predictions))
+    auc = ev.auc_table(scores, n_boot=50)
+    row = auc[(auc["cohort"] == "internal_validation") & (auc["model"] == "full")].iloc[0]
+    assert np.isfinite(row["auc"]) and np.isnan(row["auc_ci_low"]) and np.isnan(
+        row["auc_ci_high"])
+    assert "fewer than two patients" in row["note"]
+    tests = ev.paired_delong_tests(scores)
+    internal_tests = tests[tests["cohort"] == "internal_validation"]
+    assert internal_tests["p_two_sided"].isna().all() and internal_tests["p_greater"].isna().all()
+    assert internal_tests["note"].str.contains("fewer than two patients").all()

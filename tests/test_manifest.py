@@ -174,3 +174,14 @@ def test_read_image_reads_a_dicom_series_with_its_geometry(tmp_path):
     assert image.GetSpacing() == pytest.approx((0.8, 0.8, 3.0))
     assert image.GetOrigin() == pytest.approx((10.0, -5.0, 2.0))
     assert image.GetMetaDataKeys() == ()
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan-ish", "1e999"])
+def test_non_finite_marker_values_are_rejected_naming_the_patient(cohort_copy, value):
+    def corrupt(table: pd.DataFrame) -> None:
+        table["cea_post"] = table["cea_post"].astype(object)
+        table.loc[table["patient_id"] == "TR001", "cea_post"] = value
+    edit(cohort_copy, corrupt)
+    found = [m for m in messages(cohort_copy) if "cea_post" in m]
+    assert found and all("TR001" in m for m in found), found
+    assert "finite number" in found[0]

@@ -307,3 +307,22 @@ def test_invalid_options_raise():
     for a, b in itertools.permutations([score, score[:3]]):
         with pytest.raises(ValueError, match="lengths differ"):
             st.delong_paired_test(y, a, b)
+
+
+# ----------------------------------------------------------------------------- tiny classes
+@pytest.mark.parametrize("y", [[1, 0, 0, 0, 0], [0, 1, 1, 1, 1]])
+def test_one_patient_in_a_class_gives_nan_not_a_unit_interval(y):
+    y = np.array(y)
+    a = np.array([0.9, 0.2, 0.4, 0.3, 0.1])
+    b = np.array([0.5, 0.6, 0.1, 0.2, 0.3])
+    assert "fewer than two patients" in st.variance_undefined(y)
+    auc, low, high = st.delong_ci(y, a)
+    assert 0 <= auc <= 1 and np.isnan(low) and np.isnan(high)
+    test = st.delong_paired_test(y, a, b)
+    assert np.isnan(test["p"]) and np.isnan(test["z"]) and np.isnan(test["ci_low"])
+    assert np.isfinite(test["diff"])
+    assert np.isnan(st.delong_unpaired_test(y, a, np.array([1, 1, 0, 0]),
+                                            np.array([0.9, 0.8, 0.1, 0.2]))["p"])
+    two_each = np.array([1, 1, 0, 0, 0])
+    assert st.variance_undefined(two_each) == ""
+    assert np.isfinite(st.delong_ci(two_each, a)[1])

@@ -15,7 +15,8 @@ from .manifest import exam_files, patient_table, read_image
 
 
 def mask_volumes(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Ground-truth tumour volume (mL) of each patient's pre and post exam."""
+    """Ground-truth tumour volume (mL) of each patient's pre and post exam: foreground voxels
+    (non-zero, whatever the label value, e.g. {0, 1} or {0, 255}) x voxel volume."""
     rows = []
     for patient_id in manifest["patient_id"].unique():
         exams = exam_files(manifest, patient_id)
@@ -23,7 +24,8 @@ def mask_volumes(manifest: pd.DataFrame) -> pd.DataFrame:
         for timepoint in TIMEPOINTS:
             mask = read_image(exams[timepoint]["mask"])
             voxel_ml = float(np.prod(mask.GetSpacing())) / 1000.0
-            row[f"vol_{timepoint}_ml"] = float(sitk.GetArrayViewFromImage(mask).sum()) * voxel_ml
+            foreground = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))  # any label value
+            row[f"vol_{timepoint}_ml"] = foreground * voxel_ml
         rows.append(row)
     table = pd.DataFrame(rows)
     table["volume_reduction"] = 1.0 - table["vol_post_ml"] / table["vol_pre_ml"]

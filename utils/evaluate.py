@@ -290,6 +290,7 @@ def auc_table(scores: pd.DataFrame, n_boot: int = 2000, level: float = 0.95,
                "n_missing": n_missing, "note": _undefined_reason(y)}
         row.update(_auc_stats(y, s, n_boot, level, derive_seed(seed, cohort, model))
                    if not row["note"] else dict.fromkeys(_AUC_KEYS, np.nan))
+        row["note"] = row["note"] or st.variance_undefined(y)
         rows.append(row)
     return _ordered(pd.DataFrame(rows), scores)
 
@@ -465,6 +466,7 @@ def _paired_row(group: pd.DataFrame, comparison: Comparison, level: float) -> di
             "p_greater")
     if row["note"]:
         return {**row, **dict.fromkeys(keys, np.nan)}
+    row["note"] = st.variance_undefined(y)
     a, b = group[comparison.a].to_numpy(float), group[comparison.b].to_numpy(float)
     two = st.delong_paired_test(y, a, b, "two-sided", level)
     one = st.delong_paired_test(y, a, b, "greater", level)

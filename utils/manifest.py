@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import math
 import os
 import zlib
 from collections.abc import Iterable, Sequence
@@ -175,8 +176,8 @@ def check_values(table: pd.DataFrame) -> list[Problem]:
         for column in ("image_path", "mask_path", "image_sha256", "mask_sha256"):
             if not _text(row[column]):
                 problems.append(Problem(f"empty {column}", **where))
-        problems += [Problem(f"{m} {row[m]!r} is not an empty cell or a number >= 0", **where)
-                     for m in MARKERS if not _marker_ok(row[m])]
+        problems += [Problem(f"{m} {row[m]!r} is not an empty cell or a finite number >= 0",
+                             **where) for m in MARKERS if not _marker_ok(row[m])]
     return problems
 
 
@@ -350,9 +351,10 @@ def _marker_ok(value: object) -> bool:
     if _text(value) == "":
         return True
     try:
-        return float(value) >= 0
+        number = float(value)
     except (TypeError, ValueError):
         return False
+    return math.isfinite(number) and number >= 0
 
 
 def require_valid(path: str | os.PathLike, check_files: bool = True) -> pd.DataFrame:
