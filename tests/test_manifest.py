@@ -185,3 +185,20 @@ def test_non_finite_marker_values_are_rejected_naming_the_patient(cohort_copy, v
     found = [m for m in messages(cohort_copy) if "cea_post" in m]
     assert found and all("TR001" in m for m in found), found
     assert "finite number" in found[0]
+
+
+@pytest.mark.parametrize("bad_id", ["../evil", "a b", ".hidden", "TR001/x"])
+def test_unsafe_patient_ids_are_rejected(cohort_copy, bad_id):
+    edit(cohort_copy, lambda t: t.replace({"patient_id": {"TR001": bad_id}}, inplace=True))
+    found = [m for m in messages(cohort_copy) if "safe file name" in m]
+    assert found and bad_id in found[0] and "row" in found[0]
+
+
+def test_patient_ids_differing_only_by_case_are_rejected(cohort_copy):
+    def corrupt(table: pd.DataFrame) -> None:
+        validation = table["cohort"] != "training"
+        victim = table.loc[validation, "patient_id"].iloc[0]
+        table.loc[table["patient_id"] == victim, "patient_id"] = "tr001"
+    edit(cohort_copy, corrupt)
+    found = [m for m in messages(cohort_copy) if "differ only by case" in m]
+    assert found and "TR001" in found[0] and "tr001" in found[0]

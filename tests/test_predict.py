@@ -120,6 +120,9 @@ def test_cli_writes_nifti_masks_and_json(tiny_cohort, trained, tmp_path):
     assert code == 0
     summary = json.loads((tmp_path / "out" / "prediction.json").read_text())
     assert 0 <= summary["pcr_probability"] <= 1 and summary["roi_source"] == "given centre"
+    assert summary["model"] == "full.keras"  # file names, never machine paths
+    assert summary["inputs"]["pre"]["T2W"] == Path(exams["pre"]["T2W"]).name
+    assert str(tmp_path) not in (tmp_path / "out" / "prediction.json").read_text()
     mask = sitk.ReadImage(str(tmp_path / "out" / "mask_pre.nii.gz"))
     assert _same_grid(mask, read_image(exams["pre"]["T2W"]))
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left

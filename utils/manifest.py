@@ -11,6 +11,7 @@ import argparse
 import gzip
 import math
 import os
+import re
 import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -41,6 +42,7 @@ COLUMNS: dict[str, str] = {
     "mask_sha256": "sha256 of the mask file",
 }
 MARKERS = ("cea_pre", "cea_post", "ca199_pre", "ca199_post")
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # patient ids name cache and output files
 PATIENT_COLUMNS = ["patient_id", "cohort", "centre", "pcr", *MARKERS]
 GEOMETRY_TOLERANCE = 1e-3  # relative, for spacing, origin (mm) and direction cosines
 
@@ -167,6 +169,11 @@ def check_values(table: pd.DataFrame) -> list[Problem]:
         where = {"row": i + 1, "patient_id": _text(row["patient_id"])}
         if not _text(row["patient_id"]):
             problems.append(Problem("empty patient_id", row=i + 1))
+        elif not SAFE_ID.fullmatch(str(row["patient_id"])):
+            problems.append(Problem(
+                f"patient_id {row['patient_id']!r} is not a safe file name (letters, digits, "
+                "'.', '_' and '-', starting with a letter or digit): it names cache files",
+                **where))
         for column, values in allowed.items():
             if row[column] not in values:
                 message = f"{column} {row[column]!r} is not one of {values}"
@@ -191,6 +198,21 @@ def check_design(table: pd.DataFrame) -> list[Problem]:
                                 row=int(i) + 1, patient_id=_text(row["patient_id"])))
     for patient_id, rows in table.groupby("patient_id", sort=False):
         problems += _patient_design(str(patient_id), rows)
+    return problems + _colliding_ids(table)
+
+
+def _colliding_ids(table: pd.DataFrame) -> list[Problem]:
+    """Patient ids that differ only by case or surrounding spaces (one patient twice, e.g.
+    once in training and once in validation)."""
+    ids = pd.Series(table["patient_id"].dropna().astype(str).unique())
+    problems = []
+    for _, group in ids.groupby(ids.str.strip().str.casefold()):
+        if len(group) > 1:
+            names = sorted(group)
+            rows = [int(i) + 1 for i in np.flatnonzero(table["patient_id"].isin(names))]
+            problems.append(Problem(f"patient ids {names} differ only by case or spaces: "
+                                    f"one patient under two ids? (rows {rows[:6]})",
+                                    patient_id=names[0]))
     return problems
 
 

@@ -239,7 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
              for tp in ("pre", "post")}
     result = predict_patient(files["pre"], files["post"], args.model, args.profile,
                              _centre(args.center), args.pre_mask, args.post_mask)
-    extra = {"model": str(Path(args.model).resolve()), "inputs": files}
+    extra = {"model": Path(args.model).name,  # file names only: no machine paths in outputs
+             "inputs": {tp: {seq: Path(f).name for seq, f in exam.items()}
+                        for tp, exam in files.items()}}
     for path in write_outputs(result, args.out, extra):
         print(f"wrote {path}")
     print(f"pCR probability {result['pcr_probability']:.3f} (ROI: {result['roi_source']})")
