@@ -84,13 +84,13 @@ def handcrafted_scores(features: pd.DataFrame, folds: pd.DataFrame, model: str
     y_train = training["pcr"].to_numpy(int)
     coef, intercept = fit_logistic(x_train, y_train, C_BASELINE)
     x_all = features[list(FEATURES)].to_numpy(float)
-    score = pd.Series(1.0 / (1.0 + np.exp(-(x_all @ coef + intercept))), index=features.index)
     oof = out_of_fold(x_train, y_train, training["fold"].to_numpy(int), C_BASELINE)
-    score.loc[features["cohort"] == "training"] = pd.Series(
-        oof, index=training["patient_id"]).reindex(
-        features.loc[features["cohort"] == "training", "patient_id"]).to_numpy()
-    rows = features[["patient_id", "cohort", "centre", "pcr"]].assign(model=model,
-                                                                      score=score.to_numpy())
+    out_of_fold_score = dict(zip(training["patient_id"], oof, strict=True))
+    full_fit = 1.0 / (1.0 + np.exp(-(x_all @ coef + intercept)))
+    score = [out_of_fold_score.get(pid, fitted) if cohort == "training" else fitted
+             for pid, cohort, fitted in zip(features["patient_id"], features["cohort"],
+                                            full_fit, strict=True)]
+    rows = features[["patient_id", "cohort", "centre", "pcr"]].assign(model=model, score=score)
     table = pd.DataFrame({"model": model, "feature": [*FEATURES, "intercept"],
                           "coefficient": [*coef, intercept]})
     return rows[["model", "patient_id", "cohort", "centre", "pcr", "score"]], table

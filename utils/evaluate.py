@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from . import segmetrics
 from . import stats as st
-from .baseline import HANDCRAFTED_GT, HANDCRAFTED_PRED
+from .baseline import HANDCRAFTED_GT, HANDCRAFTED_PRED, baseline_rows
 from .config import COHORTS, TIMEPOINTS
 from .io import write_atomic, write_json_atomic
 from .manifest import MARKERS
@@ -1368,8 +1368,6 @@ def handcrafted_baselines(patients: pd.DataFrame, cache_dir: str | Path | None,
     the main model's predicted masks and on the ground-truth masks, for the patients and
     labels of ``patients`` (``patient_id, cohort, centre, pcr``); empty when the cache,
     masks or folds are missing."""
-    from .baseline import baseline_rows
-
     if cache_dir is None or folds is None or not Path(cache_dir).exists():
         return pd.DataFrame(), pd.DataFrame()
     sources: dict[str, Path | None] = {HANDCRAFTED_GT: None}
