@@ -112,8 +112,7 @@ def test_cli_writes_nifti_masks_and_json(tiny_cohort, trained, tmp_path):
     truth = read_image(exams["pre"]["mask"])
     index = np.argwhere(sitk.GetArrayViewFromImage(truth) > 0).mean(axis=0)[::-1]
     centre = truth.TransformContinuousIndexToPhysicalPoint([float(v) for v in index])
-    args = [f"--{tp}-{s.lower()}={exams[tp][s]}" for tp in ("pre", "post")
-            for s in config.SEQUENCES]
+    args = [f"--{tp}={s}={exams[tp][s]}" for tp in ("pre", "post") for s in config.SEQUENCES]
     code = pr.main([*args, "--model", str(paths.models_dir / "full.keras"), "--out",
                     str(tmp_path / "out"), "--center", ",".join(f"{v:.3f}" for v in centre),
                     "--profile", "smoke"])

@@ -13,8 +13,10 @@ import pytest
 import SimpleITK as sitk
 
 from utils import preprocess as pp
+from utils import registration
 from utils.config import SEQUENCES, get_profile, with_overrides
 from utils.io import sha256_file
+from utils.manifest import ManifestError
 
 # Target grid and ROI of the tests: coarser than any profile, so each pair takes < 1 s.
 PROFILE = with_overrides(get_profile("smoke"), name="test", spacing_zyx=(4.0, 3.0, 3.0),
@@ -190,22 +192,21 @@ def test_transform_round_trips_through_meta_and_file(pair, tmp_path):
 
 
 def test_failed_registration_is_an_error_naming_the_patient(exams):
-    pre, pre_mask, _ = exams["pre"]
-    far = Exam(shift_mm=(0.0, 45.0, 0.0), seed=3)
-    post, post_mask, _ = make_exam(far)
-    with pytest.raises(pp.RegistrationError, match="patient P-bad"):
-        pp.preprocess_pair(pre, post, pre_mask, post_mask, PARAMS, patient_id="P-bad")
+    (pre, pre_mask, _), (post, post_mask, _) = exams["pre"], exams["post"]
+    strict = dataclasses.replace(PARAMS, qc_max_rotation_deg=1.0)  # POST is rotated ~5 deg
+    with pytest.raises(pp.RegistrationError, match="patient P-bad: registration QC failed"):
+        pp.preprocess_pair(pre, post, pre_mask, post_mask, strict, patient_id="P-bad")
 
 
 def test_flagged_registration_is_retried_with_the_fallback(exams, monkeypatch):
     (pre, pre_mask, _), (post, post_mask, _) = exams["pre"], exams["post"]
-    real, calls = pp.registration_flags, []
+    real, calls = registration.registration_flags, []
 
     def flag_first(qc, params):
         calls.append(1)
         return ["made-up failure"] if len(calls) == 1 else real(qc, params)
 
-    monkeypatch.setattr(pp, "registration_flags", flag_first)
+    monkeypatch.setattr(registration, "registration_flags", flag_first)
     out = pp.preprocess_pair(pre, post, pre_mask, post_mask, PARAMS, patient_id="P-retry")
     reg = out.meta["registration"]
     assert reg["attempt"] == 2 and reg["earlier_flags"] == ["made-up failure"]
@@ -444,8 +445,8 @@ def test_cache_cold_warm_and_parameter_change(cohort_dir, cold_cache, tmp_path):
     warm = _run(manifest, out)
     assert warm["cached"].all() and _mtimes(out) == first
     assert warm["cache_key"].tolist() == cold["cache_key"].tolist()
-    assert warm.drop(columns=["cached", "seconds"]).equals(cold.drop(columns=["cached",
-                                                                              "seconds"]))
+    timings = ["cached", "seconds", "step_seconds"]  # only a computed row has step timings
+    assert warm.drop(columns=timings).equals(cold.drop(columns=timings))
 
     changed = _run(manifest, out, dataclasses.replace(PARAMS, clip_percentiles=(1.0, 99.0)))
     assert not changed["cached"].any()
@@ -459,18 +460,18 @@ def test_interrupted_write_leaves_no_corrupt_file_and_rerun_completes(cohort_dir
     out = _copy(cold_cache[0], tmp_path / "cache")
     for name in ("P01.npz", "P01.json"):  # P01 still to do, P02 done
         (out / name).unlink()
-    real = np.savez_compressed
+    real = np.lib.format.write_array
 
-    def crash(handle, **arrays):
-        handle.write(b"PK\x03\x04 partial")
+    def crash(handle, array, **kwargs):
+        handle.write(b"\x93NUMPY partial")
         raise OSError("disk went away")
 
-    monkeypatch.setattr(np, "savez_compressed", crash)
+    monkeypatch.setattr(np.lib.format, "write_array", crash)
     broken = _run(manifest, out).set_index("patient_id")
     assert broken.loc["P01", "status"] == "error" and "patient P01" in broken.loc["P01", "error"]
     assert broken.loc["P02", "status"] == "ok" and broken.loc["P02", "cached"]
     assert not (out / "P01.npz").exists() and not list(out.glob(".*"))
-    monkeypatch.setattr(np, "savez_compressed", real)
+    monkeypatch.setattr(np.lib.format, "write_array", real)
 
     (out / ".P01.killed1.npz").write_bytes(b"left by a killed worker")  # temp of a kill -9
     good = _run(manifest, out).set_index("patient_id")
@@ -478,24 +479,37 @@ def test_interrupted_write_leaves_no_corrupt_file_and_rerun_completes(cohort_dir
     assert not list(out.glob(".*"))
     pp.load_cached(out / "P01.npz")
 
-    (out / "P02.npz").write_bytes(b"truncated")  # final file damaged after the fact
+    npz = out / "P02.npz"
+    good_bytes = npz.read_bytes()
+    npz.write_bytes(good_bytes[: len(good_bytes) // 2])  # final file damaged after the fact
+    with pytest.raises(pp.CacheError, match=f"patient P02: cache file {npz}"):
+        pp.load_cached(npz)
+    (out / "P01_post_to_pre.tfm").write_text("#Insight Transform File V1.0\n")  # truncated
     again = _run(manifest, out).set_index("patient_id")
-    assert not again.loc["P02", "cached"] and again.loc["P01", "cached"]
-    pp.load_cached(out / "P02.npz")
+    assert not again.loc["P02", "cached"] and not again.loc["P01", "cached"]
+    assert npz.read_bytes() == good_bytes  # recomputed, byte for byte
+    sitk.ReadTransform(str(out / "P01_post_to_pre.tfm"))
 
 
-def test_failures_are_reported_in_the_table_with_patient_and_file(tmp_path, capsys):
+def test_identical_inputs_give_byte_identical_cache_files(cohort_dir, cold_cache, tmp_path):
+    """No timings or timestamps inside cached files: checksums confirm a cache."""
+    again = _run(cohort_dir / "manifest.csv", tmp_path / "again")
+    assert not again["cached"].any()
+    cold_dir = cold_cache[0]
+    for name in ("P01.npz", "P01.json", "P01_post_to_pre.tfm", "P02.npz"):
+        assert (tmp_path / "again" / name).read_bytes() == (cold_dir / name).read_bytes(), name
+    assert json.loads(again.loc[0, "step_seconds"])["registration_s"] > 0  # timings: table
+
+
+def test_bad_input_stops_the_run_before_anything_is_written(tmp_path):
     broken_dir = tmp_path / "broken"
     manifest = write_cohort(broken_dir, n=1)
     bad = broken_dir / "P01" / "post_DWI.nii.gz"
     bad.write_bytes(b"not an image")
-    table = _run(manifest, tmp_path / "cache")
-    row = table.iloc[0]
-    assert row["status"] == "error" and row["error_type"] == "InputError"
-    assert "patient P01" in row["error"] and str(bad) in row["error"]
-    assert "FAILED P01" in capsys.readouterr().err
-    saved = pd.read_csv(tmp_path / "cache" / "processed.csv")
-    assert saved.loc[0, "status"] == "error"
+    with pytest.raises(ManifestError) as error:
+        _run(manifest, tmp_path / "cache")
+    assert "patient P01" in str(error.value) and str(bad) in str(error.value)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_parallel_run_matches_the_serial_run(cohort_dir, cold_cache, tmp_path):
@@ -513,15 +527,30 @@ def test_parallel_run_matches_the_serial_run(cohort_dir, cold_cache, tmp_path):
 def test_cli_passes_its_arguments(monkeypatch, tmp_path):
     seen = {}
 
-    def fake(manifest, out, profile, workers, progress=True):
-        seen.update(manifest=manifest, out=out, profile=profile.name, workers=workers)
+    def fake(manifest, out, profile, workers, params, progress=True):
+        seen.update(manifest=manifest, out=out, profile=profile.name, workers=workers,
+                    spacing=params.spacing_zyx, roi=params.roi_zyx)
         return pd.DataFrame({"status": ["ok"]})
 
     monkeypatch.setattr(pp, "run_preprocessing", fake)
     code = pp.main(["--manifest", "m.csv", "--out", str(tmp_path), "--profile", "smoke",
-                    "--workers", "3", "--no-progress"])
+                    "--workers", "3", "--no-progress", "--spacing", "4,2,2",
+                    "--roi", "80,81,80mm"])
     assert code == 0
-    assert seen == {"manifest": Path("m.csv"), "out": tmp_path, "profile": "smoke", "workers": 3}
+    assert seen == {"manifest": Path("m.csv"), "out": tmp_path, "profile": "smoke", "workers": 3,
+                    "spacing": (4.0, 2.0, 2.0), "roi": (20, 41, 40)}
+
+
+def test_geometry_options_enter_the_cache_key_and_thin_volumes_are_warned(cohort_dir, cold_cache,
+                                                                          tmp_path):
+    tall = dataclasses.replace(PARAMS, roi_zyx=(48, 24, 24))  # 192 mm box, 80 mm volume
+    table = _run(cohort_dir / "manifest.csv", tmp_path / "tall", params=tall)
+    assert set(table["cache_key"]).isdisjoint(cold_cache[1]["cache_key"])
+    assert (table["status"] == "ok").all()
+    assert "z extent 80 mm is less than half the ROI box's 192 mm" in table.loc[0, "warnings"]
+    assert cold_cache[1]["warnings"].fillna("").eq("").all()
+    meta = pp.load_cached(tmp_path / "tall" / "P01.npz")["meta"]
+    assert meta["params"]["roi_zyx"] == [48, 24, 24] and meta["warnings"]
 
 
 # ---------------------------------------------------------------- the phantom cohort

@@ -17,6 +17,7 @@ over the readout's folds (``results/folds.csv``), validation patients the full f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import pandas as pd
 
 from . import segmetrics
 from .config import SEQUENCES
+from .preprocess import load_cached
 from .readout import fit_logistic, out_of_fold
 
 HANDCRAFTED_PRED = "handcrafted_pred"
@@ -36,21 +38,24 @@ C_BASELINE = 1.0
 
 
 def tumour_features(image_post: np.ndarray, mask_pre: np.ndarray, mask_post: np.ndarray,
-                    spacing_zyx: Sequence[float], dwi_channel: int | None = None
+                    spacing_zyx: Sequence[float], dwi_channel: int | None = 1
                     ) -> dict[str, float]:
-    """The three handcrafted features of one patient (arrays on the ROI grid)."""
-    channel = SEQUENCES.index("DWI") if dwi_channel is None else dwi_channel
+    """The three handcrafted features of one patient (arrays on the ROI grid); the DWI
+    features are NaN when the cohort has no DWI (``dwi_channel=None``)."""
     pre, post = np.asarray(mask_pre) > 0, np.asarray(mask_post) > 0
     v_pre = segmetrics.volume_ml(pre, spacing_zyx)
     v_post = segmetrics.volume_ml(post, spacing_zyx)
-    region = post if post.any() else pre
-    dwi = np.asarray(image_post)[..., channel][region]
-    if dwi.size == 0:
-        dwi = np.zeros(1, dtype=np.float32)
-    return {"log_volume_ratio": float(np.log((v_post + VOLUME_OFFSET_ML)
-                                             / (v_pre + VOLUME_OFFSET_ML))),
-            "post_dwi_mean": float(dwi.mean()),
-            "post_dwi_bright": float(np.mean(dwi > BRIGHT_Z))}
+    features = {"log_volume_ratio": float(np.log((v_post + VOLUME_OFFSET_ML)
+                                                 / (v_pre + VOLUME_OFFSET_ML))),
+                "post_dwi_mean": math.nan, "post_dwi_bright": math.nan}
+    if dwi_channel is not None:
+        region = post if post.any() else pre
+        dwi = np.asarray(image_post)[..., dwi_channel][region]
+        if dwi.size == 0:
+            dwi = np.zeros(1, dtype=np.float32)
+        features.update(post_dwi_mean=float(dwi.mean()),
+                        post_dwi_bright=float(np.mean(dwi > BRIGHT_Z)))
+    return features
 
 
 def feature_table(patients: pd.DataFrame, cache_dir: str | Path,
@@ -64,10 +69,15 @@ def feature_table(patients: pd.DataFrame, cache_dir: str | Path,
         mask_file = cache_file if masks_dir is None else Path(masks_dir) / f"{pid}.npz"
         if not (cache_file.exists() and mask_file.exists()):
             continue
-        with np.load(cache_file, allow_pickle=False) as cache, np.load(
-                mask_file, allow_pickle=False) as masks:
-            features = tumour_features(cache["image_post"], masks["mask_pre"],
-                                       masks["mask_post"], cache["spacing_zyx"])
+        cache = load_cached(cache_file)
+        masks = cache
+        if masks_dir is not None:
+            with np.load(mask_file, allow_pickle=False) as predicted:
+                masks = {k: predicted[k] for k in ("mask_pre", "mask_post")}
+        sequences = list(cache["meta"].get("sequences", SEQUENCES))
+        dwi = sequences.index("DWI") if "DWI" in sequences else None
+        features = tumour_features(cache["image_post"], masks["mask_pre"],
+                                   masks["mask_post"], cache["spacing_zyx"], dwi)
         rows.append({"patient_id": pid, "cohort": row["cohort"], "centre": row["centre"],
                      "pcr": int(row["pcr"]), **features})
     return pd.DataFrame(rows)
@@ -80,10 +90,11 @@ def handcrafted_scores(features: pd.DataFrame, folds: pd.DataFrame, model: str
     training = features[features["cohort"] == "training"].merge(folds, on="patient_id")
     if training["pcr"].nunique() < 2:
         raise ValueError("the handcrafted baseline needs pCR and non-pCR training patients")
-    x_train = training[list(FEATURES)].to_numpy(float)
+    used = [f for f in FEATURES if features[f].notna().all()]  # no DWI: volume ratio only
+    x_train = training[used].to_numpy(float)
     y_train = training["pcr"].to_numpy(int)
     coef, intercept = fit_logistic(x_train, y_train, C_BASELINE)
-    x_all = features[list(FEATURES)].to_numpy(float)
+    x_all = features[used].to_numpy(float)
     oof = out_of_fold(x_train, y_train, training["fold"].to_numpy(int), C_BASELINE)
     out_of_fold_score = dict(zip(training["patient_id"], oof, strict=True))
     full_fit = 1.0 / (1.0 + np.exp(-(x_all @ coef + intercept)))
@@ -91,7 +102,7 @@ def handcrafted_scores(features: pd.DataFrame, folds: pd.DataFrame, model: str
              for pid, cohort, fitted in zip(features["patient_id"], features["cohort"],
                                             full_fit, strict=True)]
     rows = features[["patient_id", "cohort", "centre", "pcr"]].assign(model=model, score=score)
-    table = pd.DataFrame({"model": model, "feature": [*FEATURES, "intercept"],
+    table = pd.DataFrame({"model": model, "feature": [*used, "intercept"],
                           "coefficient": [*coef, intercept]})
     return rows[["model", "patient_id", "cohort", "centre", "pcr", "score"]], table
 

@@ -12,6 +12,7 @@ smoke test never overwrites the committed figures.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,7 +21,11 @@ DEFAULT_PROFILE = "demo"
 PROFILE_ENV = "RPNET_PROFILE"
 MANIFEST_ENV = "RPNET_MANIFEST"
 
+# The phantom's sequences. A user's cohort brings its own (the manifest's ``sequence``
+# column): any name matching SEQUENCE_NAME; one of them is the reference grid.
 SEQUENCES: tuple[str, ...] = ("T2W", "DWI")
+SEQUENCE_NAME = re.compile(r"[A-Za-z0-9_+-]+")
+REFERENCE_SEQUENCE = "T2W"
 TIMEPOINTS: tuple[str, ...] = ("pre", "post")
 COHORTS: tuple[str, ...] = ("training", "internal_validation", "external_validation")
 

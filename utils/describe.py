@@ -10,8 +10,8 @@ import pandas as pd
 import SimpleITK as sitk
 from sklearn.metrics import roc_auc_score
 
-from .config import COHORTS, SEQUENCES, TIMEPOINTS
-from .manifest import exam_files, patient_table, read_image
+from .config import COHORTS, REFERENCE_SEQUENCE, TIMEPOINTS
+from .manifest import cohort_sequences, exam_files, patient_table, read_image
 
 
 def mask_volumes(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -88,9 +88,11 @@ def _slice_at(image: sitk.Image, reference: sitk.Image, z_index: int) -> np.ndar
     return sitk.GetArrayFromImage(resampled)[z_index]
 
 
-def _show_exam_slice(ax: plt.Axes, exam: dict[str, str], sequence: str) -> None:
-    """One exam's ``sequence`` through the tumour's largest T2W slice, with the mask contour."""
-    t2w = read_image(exam["T2W"])
+def _show_exam_slice(ax: plt.Axes, exam: dict[str, str], sequence: str,
+                     reference: str = REFERENCE_SEQUENCE) -> None:
+    """One exam's ``sequence`` through the tumour's largest slice on the reference grid,
+    with the mask contour."""
+    t2w = read_image(exam[reference])
     mask = sitk.GetArrayFromImage(read_image(exam["mask"]))
     z_index = _central_slice(mask)
     pixels = _slice_at(read_image(exam[sequence]), t2w, z_index)
@@ -102,8 +104,8 @@ def _show_exam_slice(ax: plt.Axes, exam: dict[str, str], sequence: str) -> None:
 
 
 def plot_example_exams(manifest: pd.DataFrame, examples: pd.DataFrame) -> plt.Figure:
-    """Pre/post T2W and DWI slices through the tumour, with the mask contours."""
-    columns = [(tp, seq) for tp in TIMEPOINTS for seq in SEQUENCES]
+    """Pre/post slices of every sequence through the tumour, with the mask contours."""
+    columns = [(tp, seq) for tp in TIMEPOINTS for seq in cohort_sequences(manifest)]
     fig, axes = plt.subplots(len(examples), len(columns),
                              figsize=(2.1 * len(columns), 2.1 * len(examples)), squeeze=False)
     for row_axes, (_, patient) in zip(axes, examples.iterrows(), strict=True):

@@ -29,7 +29,7 @@ from scipy import ndimage
 from . import segmetrics
 from . import stats as st
 from .baseline import HANDCRAFTED_GT, HANDCRAFTED_PRED, baseline_rows
-from .config import COHORTS, TIMEPOINTS
+from .config import COHORTS, SEQUENCES, TIMEPOINTS
 from .io import write_atomic, write_json_atomic
 from .manifest import MARKERS
 from .repro import derive_seed
@@ -1017,6 +1017,13 @@ def cached_inputs(cache_file: str | Path, names: Iterable[str]) -> dict[str, np.
     """Network inputs ``{"pre": image_pre, "post": image_post}`` (z, y, x, C) from a cache file."""
     with np.load(cache_file, allow_pickle=False) as data:
         return {name: data[f"image_{name}"].astype(np.float32) for name in names}
+
+
+def cached_sequences(cache_dir: str | Path) -> list[str]:
+    """The input channels of a preprocessed cohort (``processed.csv``), in order."""
+    table = pd.read_csv(Path(cache_dir) / "processed.csv")
+    names = table.loc[table["status"] == "ok", "sequences"].dropna()
+    return str(names.iloc[0]).split() if len(names) else list(SEQUENCES)
 
 
 # ----------------------------------------------------------------------------- plots

@@ -8,37 +8,42 @@ reports every problem at once, each naming the row, the patient and the file;
 from __future__ import annotations
 
 import argparse
-import gzip
 import math
 import os
 import re
-import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from .config import COHORTS, SEQUENCES, TIMEPOINTS
-from .io import sha256_file, write_atomic
+from . import imagecheck
+from .config import COHORTS, REFERENCE_SEQUENCE, SEQUENCE_NAME, TIMEPOINTS
+from .geometry import sequences_outside_reference
+from .io import checksum, write_atomic
 
 COLUMNS: dict[str, str] = {
     "patient_id": "pseudonymous patient identifier (no names, no hospital numbers)",
     "cohort": "training, internal_validation or external_validation",
     "centre": "acquiring centre or scanner label",
     "timepoint": "pre (before treatment) or post (after, before surgery)",
-    "sequence": "T2W or DWI (high b-value)",
+    "sequence": "sequence name (letters, digits, '_', '-', '+'), e.g. T2W, DWI, ADC; every "
+                "exam has the same set, one of them the reference grid (T2W by default)",
     "image_path": "image file (NIfTI, NRRD, MHA) or DICOM series folder, relative to the manifest",
-    "mask_path": "that exam's tumour mask on the T2W grid, relative to the manifest",
+    "mask_path": "that exam's tumour mask on the reference sequence's grid, relative to the "
+                 "manifest; labels {0, 1} (or {0, 255})",
     "pcr": "pathologic complete response: 1 yes, 0 no",
     "cea_pre": "CEA before treatment, ng/mL (may be empty)",
     "cea_post": "CEA after treatment, ng/mL (may be empty)",
     "ca199_pre": "CA19-9 before treatment, U/mL (may be empty)",
     "ca199_post": "CA19-9 after treatment, U/mL (may be empty)",
-    "image_sha256": "sha256 of the image file (python -m utils.manifest hash fills it)",
+    "image_sha256": "sha256 of the image file; for a DICOM folder, sha256 of its sorted "
+                    "'<relative path>\\t<sha256>\\n' lines, one per file (utils.io.checksum; "
+                    "python -m utils.manifest hash fills it)",
     "mask_sha256": "sha256 of the mask file",
 }
 MARKERS = ("cea_pre", "cea_post", "ca199_pre", "ca199_post")
@@ -84,21 +89,19 @@ def strip_metadata(image: sitk.Image) -> sitk.Image:
     return image
 
 
-def read_image(path: str | os.PathLike) -> sitk.Image:
-    """Read NIfTI/NRRD/MHA, or a DICOM series folder, with geometry and no identifiers."""
+def read_image(path: str | os.PathLike, max_voxels: int | None = None) -> sitk.Image:
+    """Read NIfTI/NRRD/MHA, or a DICOM series folder, with geometry and no identifiers.
+
+    Refuses (:class:`~utils.imagecheck.ImageFileError`, in plain words) a header declaring
+    more than ``max_voxels`` (default ``$RPNET_MAX_VOXELS`` or 512**3) voxels, voxel data
+    shorter than the header says, and a DICOM folder with no, several, or unevenly
+    spaced series.
+    """
     path = Path(path)
     if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        series = reader.GetGDCMSeriesIDs(str(path))
-        if not series:
-            raise ValueError(f"{path}: folder holds no DICOM series")
-        if len(series) > 1:
-            raise ValueError(f"{path}: folder holds {len(series)} DICOM series; keep one")
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
-        image = reader.Execute()
-    else:
-        image = sitk.ReadImage(str(path))
-    return strip_metadata(image)
+        return strip_metadata(imagecheck.read_dicom_series(path, max_voxels))
+    imagecheck.inspect_file(path, max_voxels)
+    return strip_metadata(imagecheck.read_file(path))
 
 
 def load_manifest(path: str | os.PathLike) -> pd.DataFrame:
@@ -106,8 +109,8 @@ def load_manifest(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path).resolve()
     table = pd.read_csv(path, dtype={"patient_id": str, "centre": str})
     base = path.parent
-    table["image_file"] = [str(base / p) for p in table["image_path"]]
-    table["mask_file"] = [str(base / p) for p in table["mask_path"]]
+    table["image_file"] = [str(base / p) if _text(p) else "" for p in table["image_path"]]
+    table["mask_file"] = [str(base / p) if _text(p) else "" for p in table["mask_path"]]
     return table
 
 
@@ -135,9 +138,26 @@ def exam_files(manifest: pd.DataFrame, patient_id: str) -> dict[str, dict[str, s
 # ---------------------------------------------------------------- validation
 
 
+def cohort_sequences(table: pd.DataFrame, reference: str = REFERENCE_SEQUENCE
+                     ) -> tuple[str, ...]:
+    """The cohort's sequences in channel order: the reference first, then the rest sorted.
+
+    This order is the model's input channels; it does not depend on the manifest's row order.
+    """
+    names = set(table["sequence"].dropna().astype(str))
+    if reference not in names:
+        raise ValueError(f"reference sequence {reference!r} is not in the manifest's "
+                         f"sequences {sorted(names)}")
+    return (reference, *sorted(names - {reference}))
+
+
 def validate_manifest(path: str | os.PathLike, check_files: bool = True,
-                      workers: int | None = None) -> list[Problem]:
-    """Every problem with the manifest at ``path`` (an empty list means valid)."""
+                      workers: int | None = None, reference: str = REFERENCE_SEQUENCE
+                      ) -> list[Problem]:
+    """Every problem with the manifest at ``path`` (an empty list means valid).
+
+    ``reference`` names the sequence whose grid the masks and the preprocessing follow.
+    """
     path = Path(path)
     if not path.exists():
         return [Problem("manifest file does not exist", file=str(path))]
@@ -148,9 +168,9 @@ def validate_manifest(path: str | os.PathLike, check_files: bool = True,
     problems = check_columns(table)
     if problems:
         return problems
-    problems += check_values(table) + check_design(table)
+    problems += check_values(table) + check_design(table, reference)
     if check_files:
-        problems += check_all_files(load_manifest(path), workers)
+        problems += check_all_files(load_manifest(path), workers, reference)
     return problems
 
 
@@ -163,7 +183,7 @@ def check_columns(table: pd.DataFrame) -> list[Problem]:
 
 
 def check_values(table: pd.DataFrame) -> list[Problem]:
-    allowed = {"cohort": COHORTS, "timepoint": TIMEPOINTS, "sequence": SEQUENCES}
+    allowed = {"cohort": COHORTS, "timepoint": TIMEPOINTS}
     problems = []
     for i, row in table.iterrows():
         where = {"row": i + 1, "patient_id": _text(row["patient_id"])}
@@ -178,6 +198,9 @@ def check_values(table: pd.DataFrame) -> list[Problem]:
             if row[column] not in values:
                 message = f"{column} {row[column]!r} is not one of {values}"
                 problems.append(Problem(message, **where))
+        if not SEQUENCE_NAME.fullmatch(_text(row["sequence"])):
+            problems.append(Problem(f"sequence {row['sequence']!r} is not a name made of "
+                                    "letters, digits, '_', '-' and '+'", **where))
         if _as_label(row["pcr"]) is None:
             problems.append(Problem(f"pcr {row['pcr']!r} is not 0 or 1", **where))
         for column in ("image_path", "mask_path", "image_sha256", "mask_sha256"):
@@ -188,8 +211,9 @@ def check_values(table: pd.DataFrame) -> list[Problem]:
     return problems
 
 
-def check_design(table: pd.DataFrame) -> list[Problem]:
-    """Duplicates, both time points and all sequences per patient, one cohort per patient."""
+def check_design(table: pd.DataFrame, reference: str = REFERENCE_SEQUENCE) -> list[Problem]:
+    """Duplicates, both time points per patient, one sequence set per cohort (with the
+    reference), one cohort per patient."""
     problems = []
     keys = ["patient_id", "timepoint", "sequence"]
     for i in np.flatnonzero(table.duplicated(keys, keep="first").to_numpy()):
@@ -198,7 +222,32 @@ def check_design(table: pd.DataFrame) -> list[Problem]:
                                 row=int(i) + 1, patient_id=_text(row["patient_id"])))
     for patient_id, rows in table.groupby("patient_id", sort=False):
         problems += _patient_design(str(patient_id), rows)
-    return problems + _colliding_ids(table)
+    return problems + _colliding_ids(table) + _sequence_sets(table, reference)
+
+
+def _sequence_sets(table: pd.DataFrame, reference: str) -> list[Problem]:
+    """Every exam must hold the cohort's sequence set (the most common one), reference
+    included; each exam that differs is named with what it lacks or adds."""
+    exams = (table.dropna(subset=["patient_id", "timepoint", "sequence"])
+             .groupby(["patient_id", "timepoint"], sort=False)["sequence"]
+             .agg(lambda s: tuple(sorted(set(map(str, s))))))
+    if exams.empty:
+        return []
+    expected = set(exams.value_counts().index[0])
+    problems = []
+    if reference not in expected:
+        problems.append(Problem(f"the reference sequence {reference!r} is not among the "
+                                f"cohort's sequences {sorted(expected)} (choose another "
+                                "reference, e.g. --reference-sequence)"))
+    for (patient_id, timepoint), found in exams.items():
+        lacks, extra = sorted(expected - set(found)), sorted(set(found) - expected)
+        if lacks or extra:
+            detail = "; ".join(part for part in (f"lacks {lacks}" if lacks else "",
+                                                 f"adds {extra}" if extra else "") if part)
+            problems.append(Problem(f"{timepoint} exam's sequences {list(found)} differ from "
+                                    f"the cohort's {sorted(expected)}: {detail}",
+                                    patient_id=str(patient_id)))
+    return problems
 
 
 def _colliding_ids(table: pd.DataFrame) -> list[Problem]:
@@ -229,110 +278,160 @@ def _patient_design(patient_id: str, rows: pd.DataFrame) -> list[Problem]:
         if exam.empty:
             problems.append(Problem(f"no {timepoint}-treatment exam", patient_id=patient_id))
             continue
-        for sequence in SEQUENCES:
-            if sequence not in set(exam["sequence"]):
-                problems.append(Problem(f"{timepoint} exam lacks a {sequence} image",
-                                        patient_id=patient_id))
         if exam["mask_path"].nunique() > 1:
             problems.append(Problem(f"{timepoint} exam lists more than one mask",
                                     patient_id=patient_id))
     return problems
 
 
-def check_all_files(manifest: pd.DataFrame, workers: int | None = None) -> list[Problem]:
+def check_all_files(manifest: pd.DataFrame, workers: int | None = None,
+                    reference: str = REFERENCE_SEQUENCE) -> list[Problem]:
     """File checks (existence, checksum, readability, geometry), one patient per task."""
     groups = [rows for _, rows in manifest.groupby("patient_id", sort=False)]
     workers = min(workers or os.cpu_count() or 1, max(len(groups), 1))
+    check = partial(check_patient_files, reference=reference)
     if workers == 1:
-        results: Iterable[list[Problem]] = map(check_patient_files, groups)
+        results: Iterable[list[Problem]] = map(check, groups)
     else:
         pool = ProcessPoolExecutor(workers)
-        results = pool.map(check_patient_files, groups, chunksize=4)
+        results = pool.map(check, groups, chunksize=4)
     problems = [p for result in results for p in result]
     if workers != 1:
         pool.shutdown()
+    return problems + duplicate_images(manifest)
+
+
+def duplicate_images(manifest: pd.DataFrame) -> list[Problem]:
+    """One scan listed twice: rows whose images have the same sha256 or the same path.
+
+    Across patients, one patient's scan would sit in two cohorts (validation data leaking
+    into training); within a patient, one file stands for two sequences or time points.
+    Each repeat is reported on its own row, naming the first listing.
+    """
+    seen: dict[str, int] = {}
+    problems = []
+    for position, (sha, file) in enumerate(zip(manifest["image_sha256"],
+                                               manifest["image_file"], strict=True)):
+        keys = [k for k in (_text(sha), os.path.realpath(file) if file else "") if k]
+        earlier = next((seen[k] for k in keys if k in seen), None)
+        for key in keys:
+            seen.setdefault(key, position)
+        if earlier is not None:
+            problems += _duplicate(manifest, earlier, position)
     return problems
 
 
-def check_patient_files(rows: pd.DataFrame) -> list[Problem]:
+def _duplicate(manifest: pd.DataFrame, earlier: int, position: int) -> list[Problem]:
+    first, row = manifest.iloc[earlier], manifest.iloc[position]
+    if all(first[c] == row[c] for c in ("patient_id", "timepoint", "sequence")):
+        return []  # a duplicate row, reported by check_design
+    listed = (f"{first['timepoint']} {first['sequence']} image {first['image_path']} "
+              f"(row {int(manifest.index[earlier]) + 1})")
+    if first["patient_id"] == row["patient_id"]:
+        message = (f"same image (identical sha256) as this patient's {listed}: one file "
+                   "listed under two sequences or time points")
+    else:
+        message = (f"same image (identical sha256) as patient {first['patient_id']}'s "
+                   f"{listed}: one scan under two patients ({first['cohort']} and "
+                   f"{row['cohort']}) leaks data between cohorts")
+    return [Problem(message, row=int(manifest.index[position]) + 1,
+                    patient_id=_text(row["patient_id"]), file=str(row["image_file"]))]
+
+
+def check_patient_files(rows: pd.DataFrame, reference: str = REFERENCE_SEQUENCE
+                        ) -> list[Problem]:
+    """Every file of one patient, each image/mask pair's geometry and each exam's overlap."""
     problems: list[Problem] = []
     masks: dict[str, tuple[int, sitk.Image | None]] = {}
+    exams: dict[str, dict[str, tuple[sitk.Image, dict]]] = {}
     for i, row in rows.iterrows():
         where = {"row": int(i) + 1, "patient_id": _text(row["patient_id"])}
         image, found = _check_file(row["image_file"], row["image_sha256"], where)
         problems += found
+        if image is not None:
+            exams.setdefault(_text(row["timepoint"]), {})[_text(row["sequence"])] = (
+                image, {**where, "file": row["image_file"]})
         if row["mask_file"] not in masks:
-            mask, found = _check_file(row["mask_file"], row["mask_sha256"], where)
+            mask, found = _check_file(row["mask_file"], row["mask_sha256"], where, mask=True)
             problems += found + (_check_mask(mask, row["mask_file"], where) if mask else [])
             masks[row["mask_file"]] = (int(i) + 1, mask)
         mask = masks[row["mask_file"]][1]
-        if row["sequence"] == "T2W" and image is not None and mask is not None:
+        if row["sequence"] == reference and image is not None and mask is not None:
             problems += _check_geometry(image, mask, row["mask_file"], where)
+    for timepoint, exam in exams.items():
+        problems += _check_overlap(exam, reference, timepoint)
     return problems
 
 
-def _check_file(file: str, expected_sha: object, where: dict) -> tuple[sitk.Image | None,
-                                                                      list[Problem]]:
+def _check_overlap(exam: dict[str, tuple[sitk.Image, dict]], reference: str, timepoint: str
+                   ) -> list[Problem]:
+    """Sequences whose field of view misses the reference's (an all-background channel)."""
+    if reference not in exam:
+        return []
+    apart = sequences_outside_reference({k: v[0] for k, v in exam.items()}, reference)
+    return [Problem(f"{timepoint} {name} does not overlap the {reference} field of view in "
+                    "physical space (origin or orientation in its header?)", **exam[name][1])
+            for name in sorted(apart)]
+
+
+def _check_file(file: str, expected_sha: object, where: dict, mask: bool = False
+                ) -> tuple[sitk.Image | None, list[Problem]]:
+    """Existence, checksum, header, data length, shape and voxel values of one file."""
+    if not file:
+        return None, []  # an empty path cell, reported by check_values
     path = Path(file)
     if not path.exists():
         return None, [Problem("file does not exist", file=file, **where)]
-    if path.is_file() and _text(expected_sha) and sha256_file(path) != _text(expected_sha):
+    if _text(expected_sha) and checksum(path) != _text(expected_sha):
         return None, [Problem("sha256 does not match the manifest (file changed or corrupt)",
                               file=file, **where)]
     try:
-        _require_complete_gzip(path)
-        image = read_image(path)
+        image, nonfinite = _read_checked(path)
     except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        return None, [Problem(f"unreadable or truncated image ({first_line[:160]})",
-                              file=file, **where)]
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        return None, [Problem(f"image is not a scalar 3D volume (dimension "
-                              f"{image.GetDimension()})", file=file, **where)]
+        message = (str(error) if isinstance(error, imagecheck.ImageFileError)
+                   else f"unreadable image: {imagecheck.plain_itk_error(error)}")
+        return None, [Problem(message, file=file, **where)]
+    return image, [Problem(m, file=file, **where) for m in _voxel_problems(image, nonfinite, mask)]
+
+
+def _read_checked(path: Path) -> tuple[sitk.Image, int]:
+    """An image file or DICOM folder read after every header check, and its NaN/inf count
+    from the raw NIfTI data; raises :class:`~utils.imagecheck.ImageFileError`."""
+    if path.is_dir():
+        image, nonfinite = read_image(path), 0
+    else:
+        info = imagecheck.inspect_file(path, count_nonfinite=True)
+        imagecheck.require_scalar_volume(info.dimension, info.size, info.components)
+        image, nonfinite = strip_metadata(imagecheck.read_file(path)), info.nonfinite
+    imagecheck.require_scalar_volume(image.GetDimension(), image.GetSize(),
+                                     image.GetNumberOfComponentsPerPixel())
+    return image, nonfinite
+
+
+def _voxel_problems(image: sitk.Image, nonfinite: int, mask: bool) -> list[str]:
+    """NaN/inf voxels (ITK's NIfTI reader hides them as 0); images without contrast."""
     pixels = sitk.GetArrayViewFromImage(image)
-    count = int(np.size(pixels) - np.count_nonzero(np.isfinite(pixels)))
-    count = max(count, nifti_nonfinite_count(path))
+    count = max(int(pixels.size - np.count_nonzero(np.isfinite(pixels))), nonfinite)
     if count:
-        return image, [Problem(f"{count} NaN or infinite voxel(s)", file=file, **where)]
-    return image, []
-
-
-NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+        return [f"{count} NaN or infinite voxel(s)"]
+    problem = None if mask else imagecheck.content_problem(pixels)
+    return [problem] if problem else []
 
 
 def nifti_nonfinite_count(path: Path) -> int:
-    """NaN/inf voxels in a floating-point NIfTI-1 file, read from the raw bytes.
+    """NaN/inf voxels in a floating-point NIfTI file, read from the raw (streamed) bytes.
 
     ITK's NIfTI reader silently turns NaN into 0, so this reads the data block directly.
     """
-    if not path.name.endswith((".nii", ".nii.gz")):
-        return 0
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
-    endian = "<" if np.frombuffer(raw[:4], "<i4")[0] == 348 else ">"
-    datatype = int(np.frombuffer(raw[70:72], f"{endian}i2")[0])
-    if datatype not in NIFTI_FLOAT_TYPES:
-        return 0
-    offset = int(np.frombuffer(raw[108:112], f"{endian}f4")[0])
-    data = np.frombuffer(raw[offset:], f"{endian}{NIFTI_FLOAT_TYPES[datatype]}")
-    return int(data.size - np.count_nonzero(np.isfinite(data)))
-
-
-def _require_complete_gzip(path: Path, chunk: int = 1 << 20) -> None:
-    """ITK reads a truncated ``.gz`` silently (zero-filling); check the stream's end marker."""
-    if not path.name.endswith(".gz"):
-        return
-    stream = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            stream.decompress(block)
-    if not stream.eof:
-        raise ValueError("gzip stream ends early (file truncated)")
+    layout = imagecheck.nifti_layout(path) if path.name.endswith((".nii", ".nii.gz")) else None
+    return imagecheck.scan_data(layout, count_nonfinite=True)[1] if layout else 0
 
 
 def _check_mask(mask: sitk.Image, file: str, where: dict) -> list[Problem]:
+    """Labels 0 and 1, or 0 and 255 (both read as tumour where > 0), and not empty."""
     pixels = sitk.GetArrayViewFromImage(mask)
+    if problem := imagecheck.mask_problem(pixels):
+        return [Problem(problem, file=file, **where)]
     if not np.any(pixels > 0):
         return [Problem("mask is empty (no tumour voxel)", file=file, **where)]
     return []
@@ -348,7 +447,7 @@ def _check_geometry(image: sitk.Image, mask: sitk.Image, file: str, where: dict)
     problems = []
     for name, (expected, found, tol) in checks.items():
         if not np.allclose(expected, found, rtol=tol, atol=tol):
-            problems.append(Problem(f"mask {name} {_fmt(found)} differs from the T2W image's "
+            problems.append(Problem(f"mask {name} {_fmt(found)} differs from the reference image's "
                                     f"{_fmt(expected)}", file=file, **where))
     return problems
 
@@ -379,21 +478,27 @@ def _marker_ok(value: object) -> bool:
     return math.isfinite(number) and number >= 0
 
 
-def require_valid(path: str | os.PathLike, check_files: bool = True) -> pd.DataFrame:
+def require_valid(path: str | os.PathLike, check_files: bool = True,
+                  reference: str = REFERENCE_SEQUENCE, workers: int | None = None
+                  ) -> pd.DataFrame:
     """Validate, raise :class:`ManifestError` listing every problem, else load."""
-    problems = validate_manifest(path, check_files=check_files)
+    problems = validate_manifest(path, check_files=check_files, workers=workers,
+                                 reference=reference)
     if problems:
         raise ManifestError(Path(path), problems)
     return load_manifest(path)
 
 
 def fill_checksums(path: str | os.PathLike) -> Path:
-    """Write the sha256 columns of a manifest in place (for users' own cohorts)."""
+    """Write the sha256 columns of a manifest in place (for users' own cohorts).
+
+    Each is :func:`utils.io.checksum` of the file, or of a DICOM folder's files.
+    """
     path = Path(path)
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     base = path.parent
     for path_col, sha_col in (("image_path", "image_sha256"), ("mask_path", "mask_sha256")):
-        table[sha_col] = [sha256_file(base / p) if (base / p).is_file() else ""
+        table[sha_col] = [checksum(base / p) if p and (base / p).exists() else ""
                           for p in table[path_col]]
     return write_atomic(path, lambda tmp: table.to_csv(tmp, index=False))
 
@@ -403,6 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=["check", "hash", "schema"])
     parser.add_argument("path", nargs="?", default="data_manifest.csv")
     parser.add_argument("--no-files", action="store_true", help="check the table only")
+    parser.add_argument("--reference-sequence", default=REFERENCE_SEQUENCE,
+                        help="the sequence whose grid masks follow (default %(default)s)")
     args = parser.parse_args(argv)
     if args.command == "schema":
         print("\n".join(f"{name:>13}  {text}" for name, text in COLUMNS.items()))
@@ -410,7 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "hash":
         print(f"wrote checksums into {fill_checksums(args.path)}")
         return 0
-    problems = validate_manifest(args.path, check_files=not args.no_files)
+    problems = validate_manifest(args.path, check_files=not args.no_files,
+                                 reference=args.reference_sequence)
     for problem in problems:
         print(problem)
     table = pd.read_csv(args.path) if not problems else None

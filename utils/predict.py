@@ -1,9 +1,11 @@
 """Predict one new patient: pCR probability and both tumour masks in each exam's original space.
 
-:func:`predict_patient` reads the four images in any geometry (NIfTI, NRRD/MHA, DICOM folder),
+:func:`predict_patient` reads both exams' images (the sequences the model was trained on, as
+recorded in its card) in any geometry (NIfTI, NRRD/MHA, DICOM folder),
 runs the training preprocessing (:func:`utils.preprocess.preprocess_pair`: N4, resampling,
 post-to-pre registration, normalisation, ROI crop), the model, and maps each predicted ROI mask
-back onto the ORIGINAL T2W grid of its exam (:func:`utils.preprocess.roi_to_original`).
+back onto the ORIGINAL reference-sequence (T2W) grid of its exam
+(:func:`utils.preprocess.roi_to_original`).
 
 Where the ROI goes: on the tumour mask if one is given (as in training), else on
 ``roi_center_mm`` (a physical x, y, z point in the pre exam, e.g. clicked in a viewer), else
@@ -19,8 +21,11 @@ The pCR probability is the model output corrected for the balanced sampling of t
 
 CLI::
 
-    python -m utils.predict --pre-t2w A --pre-dwi B --post-t2w C --post-dwi D \\
+    python -m utils.predict --pre T2W=A --pre DWI=B --post T2W=C --post DWI=D \\
         --model runs/demo/models/full.keras --out DIR [--center x,y,z] [--pre-mask M]
+
+One ``--pre``/``--post`` per sequence, named as in the training manifest; a set that differs
+from the model's is refused with both lists.
 
 writes ``DIR/mask_pre.nii.gz``, ``DIR/mask_post.nii.gz`` and ``DIR/prediction.json``.
 """
@@ -28,8 +33,10 @@ writes ``DIR/mask_pre.nii.gz``, ``DIR/mask_post.nii.gz`` and ``DIR/prediction.js
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,10 +44,20 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .config import SEQUENCES, Profile, get_profile
+from .config import SEQUENCE_NAME, SEQUENCES, Profile, get_profile
+from .imagecheck import content_problem, mask_problem
 from .io import atomic_path, write_json_atomic
 from .manifest import read_image
-from .preprocess import PreprocessParams, preprocess_pair, reference_grid, roi_to_original
+from .preprocess import (
+    REGISTRATION_MODES,
+    PreprocessError,
+    PreprocessParams,
+    add_params_arguments,
+    params_from_arguments,
+    preprocess_pair,
+    reference_grid,
+    roi_to_original,
+)
 
 PathLike = str | os.PathLike
 _MODELS: dict[tuple[str, float], Any] = {}
@@ -59,31 +76,51 @@ def load_model(model_path: PathLike) -> Any:
     return _MODELS[key]
 
 
-def _read_exam(files: Mapping[str, PathLike], label: str) -> dict[str, sitk.Image]:
-    missing = [s for s in SEQUENCES if s not in files]
-    if missing:
-        raise ValueError(f"{label} exam: no file for {missing} (give {list(SEQUENCES)})")
-    images = {}
-    for seq in SEQUENCES:
-        try:
-            images[seq] = read_image(files[seq])
-        except Exception as error:
-            raise ValueError(f"{label} {seq}: cannot read {files[seq]}: {error}") from error
-    return images
+def _read_exam(files: Mapping[str, PathLike], label: str, sequences: Sequence[str]
+               ) -> dict[str, sitk.Image]:
+    """The exam's images, exactly the model's sequences; errors name the file."""
+    if set(files) != set(sequences):
+        raise ValueError(f"{label} exam: given sequences {sorted(files)}, but the model was "
+                         f"trained on {list(sequences)}")
+    return {seq: _read_checked(files[seq], f"{label} {seq}") for seq in sequences}
 
 
-def _as_mask(mask: PathLike | sitk.Image | None) -> sitk.Image | None:
+def _read_checked(file: PathLike, label: str, mask: bool = False) -> sitk.Image:
+    """Read one input with the manifest's checks (header size, data length, DICOM slice
+    spacing, non-finite, blank or constant voxels, mask labels); errors name the file."""
+    try:
+        image = read_image(file)
+    except Exception as error:
+        raise ValueError(f"{label}: cannot read {file}: {error}") from error
+    pixels = sitk.GetArrayViewFromImage(image)
+    problem = (mask_problem(pixels) if mask else content_problem(pixels)) or (
+        None if np.all(np.isfinite(pixels)) else "NaN or infinite voxels")
+    if problem:
+        raise ValueError(f"{label}: {file}: {problem}")
+    return image
+
+
+def _as_mask(mask: PathLike | sitk.Image | None, label: str) -> sitk.Image | None:
     if mask is None or isinstance(mask, sitk.Image):
         return mask
-    return read_image(mask)
+    return _read_checked(mask, label, mask=True)
 
 
 def _params(profile: Profile | str | None, card: Mapping[str, Any] | None) -> PreprocessParams:
-    """Preprocessing parameters: the profile's if given, else the model card's grid."""
-    if profile is not None or not card:
-        return PreprocessParams.from_profile(profile if profile is not None else get_profile())
-    return PreprocessParams(spacing_zyx=tuple(map(float, card["spacing_zyx"])),
-                            roi_zyx=tuple(map(int, card["roi_zyx"])))
+    """Preprocessing parameters: the model card's (those of its training cache), or the
+    profile's grid and ROI if a profile is given; the sequences are always the model's."""
+    card = card or {}
+    sequences = tuple(card.get("sequences", SEQUENCES))
+    stored = card.get("preprocessing") or {}
+    if profile is None and stored:
+        known = {f.name for f in dataclasses.fields(PreprocessParams)}
+        return PreprocessParams(**{k: v for k, v in stored.items() if k in known})
+    if profile is None and card:
+        return PreprocessParams(spacing_zyx=card["spacing_zyx"], roi_zyx=card["roi_zyx"],
+                                sequences=sequences)
+    base = PreprocessParams.from_profile(profile if profile is not None else get_profile())
+    return dataclasses.replace(base, sequences=sequences, reference_sequence=stored.get(
+        "reference_sequence", base.reference_sequence))
 
 
 def _model_inputs(model: Any) -> list[str]:
@@ -140,7 +177,7 @@ def locate_tumour(pre: Mapping[str, sitk.Image], post: Mapping[str, sitk.Image],
                   params: PreprocessParams, check_registration: bool = True
                   ) -> tuple[list[float], str]:
     """ROI centre (physical mm) from a sliding-window pass over the whole pre field of view."""
-    ref = reference_grid(pre["T2W"], params.spacing_zyx)
+    ref = reference_grid(pre[params.reference_sequence], params.spacing_zyx)
     size_zyx = np.asarray(ref.GetSize()[::-1])
     centre_index = (size_zyx - 1) / 2.0
     fov_centre = list(ref.TransformContinuousIndexToPhysicalPoint(
@@ -158,8 +195,6 @@ def locate_tumour(pre: Mapping[str, sitk.Image], post: Mapping[str, sitk.Image],
 
 
 def _replace_roi(params: PreprocessParams, roi_zyx: tuple[int, ...]) -> PreprocessParams:
-    import dataclasses
-
     return dataclasses.replace(params, roi_zyx=roi_zyx)
 
 
@@ -169,21 +204,29 @@ def predict_patient(pre_files: Mapping[str, PathLike], post_files: Mapping[str, 
                     roi_center_mm: Sequence[float] | None = None,
                     pre_mask: PathLike | sitk.Image | None = None,
                     post_mask: PathLike | sitk.Image | None = None,
-                    check_registration: bool = True) -> dict[str, Any]:
-    """pCR probability and tumour masks (uint8 ``sitk.Image`` on each exam's original T2W grid).
+                    check_registration: bool = True,
+                    params: PreprocessParams | None = None,
+                    registration: str | None = None) -> dict[str, Any]:
+    """pCR probability and tumour masks (uint8 ``sitk.Image`` on each exam's original
+    reference-sequence grid).
 
-    ``pre_files`` / ``post_files`` map sequence (``T2W``, ``DWI``) to a file or DICOM folder.
-    ``profile`` sets the preprocessing grid and ROI (default: the model card's). Returns
-    ``pcr_probability``, ``mask_pre``, ``mask_post`` (None for a variant without that head),
-    ``pcr_raw`` (model output before the prior correction), ``roi_center_mm`` and
-    ``roi_source``.
+    ``pre_files`` / ``post_files`` map each of the model's sequences (its card's
+    ``sequences``, e.g. ``T2W``, ``DWI``) to a file or DICOM folder. ``profile`` sets the
+    preprocessing grid and ROI (default: the model card's); ``params`` overrides both.
+    ``registration`` (``"strict"``, ``"flag"`` or ``"identity"``) overrides the parameters'
+    registration mode (:mod:`utils.registration`). Returns ``pcr_probability``,
+    ``mask_pre``, ``mask_post`` (None for a variant without that head), ``pcr_raw`` (model
+    output before the prior correction), ``roi_center_mm`` and ``roi_source``.
     """
     from .train import read_model_card, score_from_card
 
     model, card = load_model(model_path), read_model_card(model_path)
-    params = _params(profile, card)
-    pre, post = _read_exam(pre_files, "pre"), _read_exam(post_files, "post")
-    pre_mask, post_mask = _as_mask(pre_mask), _as_mask(post_mask)
+    params = params or _params(profile, card)
+    if registration is not None:  # "strict" | "flag" | "identity" (utils.registration)
+        params = dataclasses.replace(params, registration=registration)
+    pre = _read_exam(pre_files, "pre", params.sequences)
+    post = _read_exam(post_files, "post", params.sequences)
+    pre_mask, post_mask = _as_mask(pre_mask, "pre mask"), _as_mask(post_mask, "post mask")
     source = "tumour mask" if pre_mask is not None else "given centre"
     if pre_mask is None and roi_center_mm is None:
         roi_center_mm, source = locate_tumour(pre, post, model, params, check_registration)
@@ -224,21 +267,55 @@ def _centre(text: str | None) -> list[float] | None:
     return values
 
 
+def _named_file(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not SEQUENCE_NAME.fullmatch(name) or not path:
+        raise argparse.ArgumentTypeError(f"expected SEQUENCE=PATH (e.g. T2W=pre_t2w.nii.gz), "
+                                          f"not {text!r}")
+    return name, path
+
+
+def _exam_files(pairs: Sequence[tuple[str, str]], label: str) -> dict[str, str]:
+    names = [name for name, _ in pairs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"--{label} names {repeated} more than once")
+    return dict(pairs)
+
+
+def _cli_params(args: argparse.Namespace) -> PreprocessParams | None:
+    """The card's (or profile's) parameters with the CLI's geometry options, if any."""
+    if args.spacing is None and args.roi is None and not args.reference_sequence:
+        return None
+    from .train import read_model_card
+
+    return params_from_arguments(args, _params(args.profile, read_model_card(args.model)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Predict pCR and tumour masks for one patient.")
     for tp in ("pre", "post"):
-        for seq in SEQUENCES:
-            parser.add_argument(f"--{tp}-{seq.lower()}", required=True, help=f"{tp} {seq} image")
+        parser.add_argument(f"--{tp}", type=_named_file, action="append", required=True,
+                            metavar="SEQUENCE=PATH",
+                            help=f"a {tp}-treatment image (once per sequence of the model)")
         parser.add_argument(f"--{tp}-mask", default=None, help=f"optional {tp} tumour mask")
     parser.add_argument("--model", required=True, help="trained .keras model")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--center", default=None, help="ROI centre x,y,z (mm, pre exam)")
     parser.add_argument("--profile", default=None, help="preprocessing profile (default: model's)")
+    parser.add_argument("--registration", choices=REGISTRATION_MODES, default=None,
+                        help="strict: stop if the registration fails QC; flag: record the "
+                        "QC flags and continue; identity: do not register (default: model's)")
+    add_params_arguments(parser)
     args = parser.parse_args(argv)
-    files = {tp: {seq: getattr(args, f"{tp}_{seq.lower()}") for seq in SEQUENCES}
-             for tp in ("pre", "post")}
-    result = predict_patient(files["pre"], files["post"], args.model, args.profile,
-                             _centre(args.center), args.pre_mask, args.post_mask)
+    try:
+        files = {tp: _exam_files(getattr(args, tp), tp) for tp in ("pre", "post")}
+        result = predict_patient(files["pre"], files["post"], args.model, args.profile,
+                                 _centre(args.center), args.pre_mask, args.post_mask,
+                                 params=_cli_params(args), registration=args.registration)
+    except (ValueError, OSError, PreprocessError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     extra = {"model": Path(args.model).name,  # file names only: no machine paths in outputs
              "inputs": {tp: {seq: Path(f).name for seq, f in exam.items()}
                         for tp, exam in files.items()}}

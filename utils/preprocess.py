@@ -2,24 +2,32 @@
 
 Per patient (all image work in SimpleITK, arrays in NumPy (z, y, x) order):
 
-1. read each exam's sequences (``utils.config.SEQUENCES``: T2W, DWI) and tumour mask;
-2. N4 bias-field correction of T2W, fitted on a copy shrunk to ~8 mm voxels inside a body
-   mask (Otsu/2, largest component, holes filled) and applied at full resolution through
-   ``GetLogBiasFieldAsImage``. DWI is *not* N4-corrected by default (``n4_dwi="none"``):
-   in high-b DWI most tissue sits at the Rician noise floor and the bright signal is the
-   tumour, so an N4 fit models anatomy and noise rather than coil sensitivity; its
-   residual field is weaker (the phantom: 0.15-0.25 vs 0.25-0.40 log amplitude) and the
-   per-sequence normalisation removes the global scale. ``"t2w_field"`` applies the T2W
-   field (same receive coil, same session) and ``"own"`` fits N4 on DWI itself;
-3. resample each exam onto one reference grid: the T2W orientation and field of view at
-   the profile's target spacing (linear for images, nearest neighbour for masks);
-4. rigidly register post to pre on the resampled T2W (Euler3D from a MOMENTS start, Mattes
-   MI inside the pre body mask, 3-level pyramid, seeded random sampling, one ITK thread:
+1. read each exam's sequences (the cohort's own set, ``params.sequences``; the phantom has
+   T2W and DWI) and tumour mask. One sequence, ``params.reference_sequence`` (T2W by
+   default), defines the grid, carries the mask and drives N4 and registration;
+2. N4 bias-field correction of the reference sequence, fitted on a copy shrunk to ~8 mm
+   voxels inside a body mask (Otsu/2, largest component, holes filled) and applied at full
+   resolution through ``GetLogBiasFieldAsImage``. The other sequences are *not*
+   N4-corrected by default (``n4_others="none"``). For DWI: in high-b DWI most tissue sits
+   at the Rician noise floor and the bright signal is the tumour, so an N4 fit models
+   anatomy and noise rather than coil sensitivity; its residual field is weaker (the
+   phantom: 0.15-0.25 vs 0.25-0.40 log amplitude) and the per-sequence normalisation
+   removes the global scale. ``"reference_field"`` applies the reference sequence's field
+   (same receive coil, same session) and ``"own"`` fits N4 on each sequence itself;
+3. resample each exam onto one reference grid: the reference sequence's orientation and
+   field of view at the profile's target spacing (linear for images, nearest neighbour for
+   masks);
+4. rigidly register post to pre on the resampled reference sequence
+   (``utils.registration``: Euler3D from a MOMENTS start, Mattes MI inside the pre body
+   mask, 3-level pyramid capped for thin slabs, seeded random sampling, one ITK thread:
    bit-identical re-runs) and resample the post images and mask straight from their
-   original grids into pre space (one interpolation); QC: metric and body-mask Dice
-   before/after, with failure flags (no improvement, Dice < 0.85, > 30 mm, > 20 deg); a
-   flagged result is retried once with a conservative set-up, then it is an error.
-   DWI follows the T2W transform (assumed aligned with T2W within an exam);
+   original grids into pre space (one interpolation). QC: identity kept when as good;
+   metric, body-mask Dice within both fields of view and the edge correlation around the
+   tumour before/after; flags (worse than the start, Dice < 0.85, local correlation
+   < 0.85, > 30 mm beyond the initial centring, > 20 deg). A flagged result is retried
+   once with a conservative set-up; then ``params.registration="strict"`` makes it an
+   error, ``"flag"`` records the flags (``"identity"``: no registration). The other
+   sequences follow the reference's transform (assumed aligned with it within an exam);
 5. robust z-score per sequence inside the body mask (median, (p95 - p5) / 3.29), clipped
    to percentiles, so that centres with different scanner scaling and SNR agree;
 6. crop a fixed-size ROI centred on the tumour (union of pre and registered post masks),
@@ -29,7 +37,8 @@ Per patient (all image work in SimpleITK, arrays in NumPy (z, y, x) order):
 The registration transform ``T`` maps a physical point of the pre exam to the corresponding
 point of the post exam (fixed = pre, moving = post), as ITK resampling expects.
 
-CLI: ``python -m utils.preprocess --manifest PATH --out DIR [--profile NAME] [--workers N]``.
+CLI: ``python -m utils.preprocess --manifest PATH --out DIR [--profile NAME] [--workers N]
+[--registration {strict,flag,identity}]``.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,33 +65,38 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from .config import SEQUENCES, TIMEPOINTS, Profile, get_paths, get_profile
-from .io import save_npz_atomic, sha256_file, write_atomic, write_json_atomic, write_text_atomic
-from .manifest import load_manifest, read_image
+from .config import (
+    REFERENCE_SEQUENCE,
+    SEQUENCE_NAME,
+    SEQUENCES,
+    TIMEPOINTS,
+    Profile,
+    get_paths,
+    get_profile,
+)
+from .errors import InputError, PreprocessError, RoiError
+from .errors import RegistrationError as RegistrationError
+from .geometry import pair_geometry_warnings, sequences_outside_reference
+from .imagecheck import plain_itk_error
+from .io import (
+    checksum,
+    save_npz_atomic,
+    sha256_file,
+    write_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from .manifest import ManifestError, cohort_sequences, read_image, require_valid
+from .registration import FALLBACK_REGISTRATION as FALLBACK_REGISTRATION  # re-exported
+from .registration import MODES as REGISTRATION_MODES
+from .registration import dice as dice
+from .registration import local_region, register_exams, transform_from_meta, transform_to_meta
+from .registration import register_rigid as register_rigid
+from .registration import registration_flags as registration_flags
+from .registration import transform_summary as transform_summary
 
 PIPELINE_VERSION = "2"
 Images = Mapping[str, sitk.Image]
-
-
-# --------------------------------------------------------------------------- errors
-class PreprocessError(RuntimeError):
-    """A patient that cannot be preprocessed; the message names the patient (and file)."""
-
-    def __init__(self, patient_id: str, message: str) -> None:
-        super().__init__(f"patient {patient_id}: {message}")
-        self.patient_id = patient_id
-
-
-class InputError(PreprocessError):
-    """Missing, unreadable or inconsistent input files."""
-
-
-class RegistrationError(PreprocessError):
-    """Post-to-pre registration failed its QC checks."""
-
-
-class RoiError(PreprocessError):
-    """The tumour does not fit in the ROI box, or no ROI centre is available."""
 
 
 # --------------------------------------------------------------------------- parameters
@@ -92,16 +106,20 @@ class PreprocessParams:
 
     spacing_zyx: tuple[float, float, float]
     roi_zyx: tuple[int, int, int]
+    # the cohort's sequences in channel order (reference first) and the reference grid's
+    sequences: tuple[str, ...] = SEQUENCES
+    reference_sequence: str = REFERENCE_SEQUENCE
     # N4 bias-field correction
     n4_shrink_mm: float = 8.0  # coarse voxel of the fit (shrink ~4 on 2 mm, ~6 on 1.25 mm)
     n4_iterations: tuple[int, ...] = (10, 10)  # per fitting level
     n4_convergence: float = 1e-3
     n4_control_points: int = 4
     n4_spline_order: int = 2
-    n4_dwi: str = "none"  # "none" | "t2w_field" | "own"
+    n4_others: str = "none"  # non-reference sequences: "none" | "reference_field" | "own"
     # body mask: threshold = factor * Otsu threshold
     body_threshold_factor: float = 0.5
-    # rigid registration
+    # rigid registration (utils.registration)
+    registration: str = "strict"  # "strict" (QC flags raise) | "flag" | "identity" (none)
     reg_init: str = "moments"  # "identity" | "geometry" | "moments" | "best" (lowest metric)
     reg_shrink: tuple[int, ...] = (4, 2, 1)
     reg_sigmas_vox: tuple[float, ...] = (2.0, 1.0, 0.0)
@@ -114,11 +132,15 @@ class PreprocessParams:
     reg_scales: str = "index"  # optimizer scales from "index" or "physical" shift
     reg_fallback: bool = True  # retry a QC-flagged registration with FALLBACK_REGISTRATION
     reg_seed: int = 2021
+    reg_local_margin_mm: float = 30.0  # local QC box: tumour bounding box grown by this
     # registration QC thresholds
-    qc_min_body_dice: float = 0.85
-    qc_max_translation_mm: float = 30.0
+    qc_min_body_dice: float = 0.85  # counted where both fields of view overlap
+    qc_max_translation_mm: float = 30.0  # beyond the initial (centre-of-mass) alignment
     qc_max_rotation_deg: float = 20.0
-    qc_metric_tolerance: float = 1e-3
+    qc_metric_tolerance: float = 0.03  # Mattes MI; identity is kept when this close to the result
+    qc_min_local_ncc: float = 0.85  # pre/post T2W edge correlation in the local QC box
+    qc_min_local_coverage: float = 0.25  # share of the local QC box inside the post exam
+    qc_min_overlap: float = 0.1  # fields of view after the initial alignment (of the smaller)
     # intensity normalisation: (x - median) / ((p95 - p5) / 3.29), clipped below at the
     # body's 0.5th percentile and above at clip_z_max robust SDs (see normalise)
     scale_percentiles: tuple[float, float] = (5.0, 95.0)
@@ -129,9 +151,28 @@ class PreprocessParams:
     def from_profile(cls, profile: Profile | str | None = None, **changes: Any) -> PreprocessParams:
         """Parameters for a profile (target spacing, ROI size), with optional changes."""
         prof = profile if isinstance(profile, Profile) else get_profile(profile)
-        base = cls(spacing_zyx=tuple(map(float, prof.spacing_zyx)),
-                   roi_zyx=tuple(map(int, prof.roi_zyx)))
+        base = cls(spacing_zyx=prof.spacing_zyx, roi_zyx=prof.roi_zyx)
         return dataclasses.replace(base, **changes)
+
+    def __post_init__(self) -> None:
+        """Plain tuples (lists from JSON or a CLI are accepted) and consistent values."""
+        fix = {"spacing_zyx": tuple(float(v) for v in self.spacing_zyx),
+               "roi_zyx": tuple(int(v) for v in self.roi_zyx),
+               "sequences": tuple(str(v) for v in self.sequences)}
+        for name, value in fix.items():
+            object.__setattr__(self, name, value)
+        if len(self.spacing_zyx) != 3 or min(self.spacing_zyx) <= 0:
+            raise ValueError(f"spacing_zyx must be three positive mm values, not "
+                             f"{self.spacing_zyx}")
+        if len(self.roi_zyx) != 3 or min(self.roi_zyx) < 1:
+            raise ValueError(f"roi_zyx must be three positive voxel counts, not {self.roi_zyx}")
+        bad = [s for s in self.sequences if not SEQUENCE_NAME.fullmatch(s)]
+        if bad or len(set(self.sequences)) != len(self.sequences) or not self.sequences:
+            raise ValueError(f"sequences must be distinct names of letters, digits, '_', '-' "
+                             f"and '+', not {list(self.sequences)}")
+        if self.reference_sequence not in self.sequences:
+            raise ValueError(f"reference sequence {self.reference_sequence!r} is not among "
+                             f"the sequences {list(self.sequences)}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in
@@ -165,6 +206,8 @@ class PreprocessedPair:
     meta: dict[str, Any]
     transform: sitk.Transform  # pre physical point -> post physical point
     qc_images: dict[str, sitk.Image] = field(default_factory=dict)  # bias fields, body masks
+    timing_s: dict[str, float] = field(default_factory=dict)  # per step; not cached (not
+    # deterministic): it goes to the QC table, so identical inputs give identical cache files
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The cache arrays of docs/CONTRACTS.md (masks are required there)."""
@@ -192,21 +235,21 @@ def image_from_geometry(geom: Mapping[str, Sequence], pixel: int = sitk.sitkUInt
     return image
 
 
-def reference_grid(t2w: sitk.Image, spacing_zyx: Sequence[float]) -> sitk.Image:
-    """T2W orientation and field of view at the target spacing (empty uint8 image).
+def reference_grid(image: sitk.Image, spacing_zyx: Sequence[float]) -> sitk.Image:
+    """The image's orientation and field of view at the target spacing (empty uint8 image).
 
     The origin moves by half a voxel difference so that the new grid covers the same
     physical extent as the original (voxel centres, not corners, sit on the origin).
     """
-    old_sp = np.array(t2w.GetSpacing())
+    old_sp = np.array(image.GetSpacing())
     new_sp = np.array(spacing_zyx[::-1], dtype=float)
-    extent = old_sp * np.array(t2w.GetSize())
+    extent = old_sp * np.array(image.GetSize())
     size = np.maximum(1, np.round(extent / new_sp)).astype(int)
     shift = (new_sp - old_sp) / 2.0
-    direction = np.array(t2w.GetDirection()).reshape(3, 3)
-    origin = np.array(t2w.GetOrigin()) + direction @ shift
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    origin = np.array(image.GetOrigin()) + direction @ shift
     return image_from_geometry({"size": size.tolist(), "spacing": new_sp.tolist(),
-                                "origin": origin.tolist(), "direction": t2w.GetDirection()})
+                                "origin": origin.tolist(), "direction": image.GetDirection()})
 
 
 def resample(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
@@ -299,185 +342,23 @@ def apply_bias_field(image: sitk.Image, bias: sitk.Image) -> sitk.Image:
 
 def correct_exam(images: Images, params: PreprocessParams, threads: int = 1
                  ) -> tuple[dict[str, sitk.Image], sitk.Image]:
-    """N4 per the ``n4_dwi`` policy; returns corrected images and the T2W bias field."""
-    t2w, bias = n4_correct(images["T2W"], params, threads=threads)
-    corrected = {"T2W": t2w}
-    for seq in SEQUENCES[1:]:
-        if params.n4_dwi == "t2w_field":
+    """N4 on the reference sequence, the others per the ``n4_others`` policy; returns the
+    corrected images and the reference sequence's bias field."""
+    if params.n4_others not in ("none", "reference_field", "own"):
+        raise ValueError(f"unknown n4_others policy {params.n4_others!r}")
+    reference = params.reference_sequence
+    corrected_ref, bias = n4_correct(images[reference], params, threads=threads)
+    corrected = {reference: corrected_ref}
+    for seq in params.sequences:
+        if seq == reference:
+            continue
+        if params.n4_others == "reference_field":
             corrected[seq] = apply_bias_field(images[seq], bias)
-        elif params.n4_dwi == "own":
+        elif params.n4_others == "own":
             corrected[seq] = n4_correct(images[seq], params, threads=threads)[0]
-        elif params.n4_dwi == "none":
-            corrected[seq] = sitk.Cast(images[seq], sitk.sitkFloat32)
         else:
-            raise ValueError(f"unknown n4_dwi policy {params.n4_dwi!r}")
+            corrected[seq] = sitk.Cast(images[seq], sitk.sitkFloat32)
     return corrected, bias
-
-
-# --------------------------------------------------------------------------- registration
-def dice(a: sitk.Image, b: sitk.Image) -> float:
-    """Dice overlap of two binary images on the same grid."""
-    x = sitk.GetArrayViewFromImage(a) > 0
-    y = sitk.GetArrayViewFromImage(b) > 0
-    total = int(x.sum() + y.sum())
-    return 1.0 if total == 0 else 2.0 * int((x & y).sum()) / total
-
-
-def _registration_method(params: PreprocessParams, fixed_mask: sitk.Image | None,
-                         threads: int, evaluator: bool = False) -> sitk.ImageRegistrationMethod:
-    """Mattes MI, seeded random sampling, regular-step gradient descent, pyramid.
-
-    ``evaluator=True`` gives the single-level, all-voxel set-up of the QC metric values.
-    """
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=params.reg_bins)
-    if evaluator:
-        reg.SetMetricSamplingStrategy(reg.NONE)
-    else:
-        reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentagePerLevel(list(params.reg_sampling), params.reg_seed)
-    if fixed_mask is not None:
-        reg.SetMetricFixedMask(fixed_mask)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=params.reg_learning_rate, minStep=params.reg_min_step,
-        numberOfIterations=params.reg_iterations, relaxationFactor=params.reg_relaxation,
-        gradientMagnitudeTolerance=1e-8)
-    if params.reg_scales == "index":  # z (coarse slices, weak gradient) gets larger steps
-        reg.SetOptimizerScalesFromIndexShift()
-    else:
-        reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([1] if evaluator else list(params.reg_shrink))
-    reg.SetSmoothingSigmasPerLevel([0.0] if evaluator else list(params.reg_sigmas_vox))
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    reg.SetNumberOfThreads(threads)
-    return reg
-
-
-def _candidate_transform(fixed: sitk.Image, moving: sitk.Image, kind: str
-                         ) -> sitk.Euler3DTransform:
-    if kind == "identity":
-        init = sitk.Euler3DTransform()
-        size = np.array(fixed.GetSize())
-        init.SetCenter(fixed.TransformContinuousIndexToPhysicalPoint(((size - 1) / 2).tolist()))
-        return init
-    mode = {"geometry": sitk.CenteredTransformInitializerFilter.GEOMETRY,
-            "moments": sitk.CenteredTransformInitializerFilter.MOMENTS}[kind]
-    init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), mode)
-    return sitk.Euler3DTransform(init)
-
-
-def _metric_evaluator(fixed: sitk.Image, moving: sitk.Image, params: PreprocessParams,
-                      fixed_mask: sitk.Image | None, threads: int
-                      ) -> Callable[[sitk.Transform], float]:
-    """``transform -> Mattes MI`` on copies shrunk to ~2 voxels (all voxels, no sampling).
-
-    ``MetricEvaluate`` prepares the whole image on every call, so the QC values are
-    computed at half resolution (4x cheaper) rather than on the registration grid.
-    """
-    factors = _shrink_factors(fixed, 2 * min(fixed.GetSpacing()))
-    fixed_s, moving_s = sitk.Shrink(fixed, factors), sitk.Shrink(moving, factors)
-    mask_s = None if fixed_mask is None else sitk.Shrink(fixed_mask, factors)
-    method = _registration_method(params, mask_s, threads, evaluator=True)
-
-    def evaluate(tx: sitk.Transform) -> float:
-        method.SetInitialTransform(tx, inPlace=False)
-        return float(method.MetricEvaluate(fixed_s, moving_s))
-
-    return evaluate
-
-
-def _initial_transform(fixed: sitk.Image, moving: sitk.Image, params: PreprocessParams,
-                       evaluate: Callable[[sitk.Transform], float]
-                       ) -> tuple[sitk.Euler3DTransform, str]:
-    """Starting pose: identity (both exams in scanner coordinates), the GEOMETRY or MOMENTS
-    centring of ``sitk.CenteredTransformInitializer``, or for ``"best"`` whichever of the
-    three has the lowest metric (identity suits one scanner's coordinates; centring
-    rescues sessions whose table positions differ by centimetres)."""
-    if params.reg_init != "best":
-        return _candidate_transform(fixed, moving, params.reg_init), params.reg_init
-    scores = {}
-    for kind in ("identity", "geometry", "moments"):
-        tx = _candidate_transform(fixed, moving, kind)
-        scores[kind] = (evaluate(tx), tx)
-    kind = min(scores, key=lambda k: scores[k][0])
-    return scores[kind][1], kind
-
-
-def _as_euler(tx: sitk.Transform) -> sitk.Euler3DTransform:
-    """The Euler3D transform inside a registration result (possibly a 1-element composite)."""
-    tx = tx.Downcast()
-    if isinstance(tx, sitk.CompositeTransform):
-        if tx.GetNumberOfTransforms() != 1:
-            raise ValueError(f"expected one transform, got {tx.GetNumberOfTransforms()}")
-        tx = tx.GetNthTransform(0).Downcast()
-    return sitk.Euler3DTransform(tx)
-
-
-def transform_summary(tx: sitk.Euler3DTransform) -> dict[str, float]:
-    """Translation (mm) and rotation angle (degrees) of a rigid transform about its centre."""
-    matrix = np.array(tx.GetMatrix()).reshape(3, 3)
-    angle = math.degrees(math.acos(float(np.clip((np.trace(matrix) - 1) / 2, -1, 1))))
-    return {"translation_mm": float(np.linalg.norm(tx.GetTranslation())),
-            "rotation_deg": angle}
-
-
-def register_rigid(fixed: sitk.Image, moving: sitk.Image, params: PreprocessParams,
-                   fixed_mask: sitk.Image | None = None, moving_mask: sitk.Image | None = None,
-                   threads: int = 1) -> tuple[sitk.Euler3DTransform, dict[str, Any]]:
-    """Rigid Mattes-MI registration; returns the transform (fixed -> moving points) and QC.
-
-    QC holds the metric (all voxels, half resolution) and body-mask Dice for identity ("before")
-    and the result ("after"), the number of iterations, stop condition and motion size.
-    """
-    fixed = sitk.Cast(fixed, sitk.sitkFloat32)
-    moving = sitk.Cast(moving, sitk.sitkFloat32)
-    evaluate = _metric_evaluator(fixed, moving, params, fixed_mask, threads)
-    initial, init_kind = _initial_transform(fixed, moving, params, evaluate)
-    reg = _registration_method(params, fixed_mask, threads)
-    reg.SetInitialTransform(initial, inPlace=False)
-    result = _as_euler(reg.Execute(fixed, moving))
-    qc: dict[str, Any] = {"init": init_kind, "iterations": int(reg.GetOptimizerIteration()),
-                          "stop_condition": reg.GetOptimizerStopConditionDescription()}
-    identity = sitk.Euler3DTransform()
-    identity.SetCenter(result.GetCenter())
-    for label, tx in (("before", identity), ("after", result)):
-        qc[f"metric_{label}"] = evaluate(tx)
-        if fixed_mask is not None and moving_mask is not None:
-            qc[f"dice_{label}"] = dice(fixed_mask, resample_mask(moving_mask, fixed_mask, tx))
-    qc.update(transform_summary(result))
-    return result, qc
-
-
-def registration_flags(qc: Mapping[str, Any], params: PreprocessParams) -> list[str]:
-    """Reasons to reject a registration (empty when it passes)."""
-    flags = []
-    if qc["metric_after"] > qc["metric_before"] + params.qc_metric_tolerance:
-        flags.append(f"metric did not improve ({qc['metric_before']:.4f} -> "
-                     f"{qc['metric_after']:.4f})")
-    if "dice_after" in qc and qc["dice_after"] < params.qc_min_body_dice:
-        flags.append(f"body-mask Dice {qc['dice_after']:.3f} < {params.qc_min_body_dice}")
-    if qc["translation_mm"] > params.qc_max_translation_mm:
-        flags.append(f"translation {qc['translation_mm']:.1f} mm > "
-                     f"{params.qc_max_translation_mm} mm")
-    if qc["rotation_deg"] > params.qc_max_rotation_deg:
-        flags.append(f"rotation {qc['rotation_deg']:.1f} deg > {params.qc_max_rotation_deg} deg")
-    return flags
-
-
-def transform_to_meta(tx: sitk.Euler3DTransform) -> dict[str, Any]:
-    return {"type": "Euler3DTransform", "parameters": list(tx.GetParameters()),
-            "fixed_parameters": list(tx.GetFixedParameters()),
-            "maps": "pre (fixed) physical point -> post (moving) physical point"}
-
-
-def transform_from_meta(meta: Mapping[str, Any]) -> sitk.Euler3DTransform:
-    """The registration transform stored in a pair's ``meta`` (or its ``transform`` entry)."""
-    entry = meta.get("transform", meta)
-    tx = sitk.Euler3DTransform()
-    tx.SetFixedParameters([float(v) for v in entry["fixed_parameters"]])
-    tx.SetParameters([float(v) for v in entry["parameters"]])
-    return tx
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -592,35 +473,43 @@ def itk_threads(n: int) -> Iterator[None]:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
-def _check_inputs(patient_id: str, images: Images, label: str) -> None:
-    missing = [s for s in SEQUENCES if s not in images]
-    if missing:
-        raise InputError(patient_id, f"{label} exam lacks sequences {missing}")
-    for seq in SEQUENCES:
+def _check_inputs(patient_id: str, images: Images, label: str,
+                  sequences: Sequence[str], reference: str) -> None:
+    """The exam has exactly the expected sequences, each a 3-D image."""
+    if set(images) != set(sequences):
+        raise InputError(patient_id, f"{label} exam has sequences {sorted(images)}, expected "
+                         f"{list(sequences)}")
+    for seq in sequences:
         if images[seq].GetDimension() != 3:
             raise InputError(patient_id, f"{label} {seq} is not a 3-D image")
+    apart = sequences_outside_reference(images, reference)
+    if apart:
+        raise InputError(patient_id, f"{label} exam: {sorted(apart)} do not overlap the "
+                         f"{reference} field of view in physical space (different origin or "
+                         "orientation in the header?)")
 
 
 def _prepare_exam(images: Images, params: PreprocessParams, threads: int
                   ) -> dict[str, Any]:
-    """N4, reference grid, resampled T2W and body mask of one exam."""
+    """N4, reference grid, the resampled reference sequence and body mask of one exam."""
     corrected, bias = correct_exam(images, params, threads)
-    ref = reference_grid(images["T2W"], params.spacing_zyx)
-    t2w_ref = resample(corrected["T2W"], ref)
-    return {"corrected": corrected, "bias": bias, "ref": ref, "t2w_ref": t2w_ref,
-            "body": body_mask(t2w_ref, params.body_threshold_factor)}
+    ref = reference_grid(images[params.reference_sequence], params.spacing_zyx)
+    reference_image = resample(corrected[params.reference_sequence], ref)
+    return {"corrected": corrected, "bias": bias, "ref": ref, "reference_image": reference_image,
+            "body": body_mask(reference_image, params.body_threshold_factor)}
 
 
 def _to_reference(exam: Mapping[str, Any], ref: sitk.Image, tx: sitk.Transform | None
                   ) -> dict[str, sitk.Image]:
     """All corrected sequences of an exam sampled on ``ref`` (through ``tx``)."""
-    return {seq: resample(exam["corrected"][seq], ref, tx) for seq in SEQUENCES}
+    return {seq: resample(image, ref, tx) for seq, image in exam["corrected"].items()}
 
 
 def _normalise_exam(images: Mapping[str, sitk.Image], body: sitk.Image,
                     params: PreprocessParams) -> tuple[np.ndarray, dict[str, Any]]:
+    """Channels in ``params.sequences`` order, each normalised inside the body mask."""
     arrays, stats = [], {}
-    for seq in SEQUENCES:
+    for seq in params.sequences:
         arr, stats[seq] = normalise(images[seq], body, params.clip_percentiles,
                                     params.scale_percentiles, params.clip_z_max)
         arrays.append(arr)
@@ -638,21 +527,24 @@ def preprocess_pair(pre_images: Images, post_images: Images,
                     pre_mask: sitk.Image | None = None, post_mask: sitk.Image | None = None,
                     profile: Profile | str | PreprocessParams | None = None,
                     roi_center_mm: Sequence[float] | None = None, patient_id: str = "new",
-                    threads: int = 1, check_registration: bool = True) -> PreprocessedPair:
+                    threads: int = 1, check_registration: bool = True,
+                    files: Mapping[str, str] | None = None) -> PreprocessedPair:
     """Preprocess one pre/post pair (the inference entry point; also used for training).
 
     ``*_images`` map sequence name -> image; masks are optional (inference). Without a
     pre mask the ROI is centred on ``roi_center_mm`` (physical x, y, z in mm, pre space);
     the alternative is a coarse first pass of the segmentation head on a larger box.
-    Raises :class:`RegistrationError` if the registration QC fails (unless
-    ``check_registration`` is False: then the flags are only recorded in ``meta``).
+    Raises :class:`RegistrationError` if the exams do not overlap or the registration QC
+    fails in ``params.registration`` mode ``"strict"`` (``check_registration=False`` makes
+    it ``"flag"``: the flags are only recorded in ``meta``). ``files`` (``input_files``
+    keys) are named in registration errors.
     """
     params = _as_params(profile)
-    _check_inputs(patient_id, pre_images, "pre")
-    _check_inputs(patient_id, post_images, "post")
+    for label, images in (("pre", pre_images), ("post", post_images)):
+        _check_inputs(patient_id, images, label, params.sequences, params.reference_sequence)
     with itk_threads(threads):
         return _preprocess_pair(pre_images, post_images, pre_mask, post_mask, params,
-                                roi_center_mm, patient_id, threads, check_registration)
+                                roi_center_mm, patient_id, threads, check_registration, files)
 
 
 def _check_roi_inputs(patient_id: str, mask_pre: np.ndarray | None,
@@ -669,44 +561,12 @@ def _check_roi_inputs(patient_id: str, mask_pre: np.ndarray | None,
                        f"does not fit in the ROI box {list(params.roi_zyx)}")
 
 
-FALLBACK_REGISTRATION = {"reg_scales": "physical", "reg_shrink": (2, 1),
-                         "reg_sigmas_vox": (1.0, 0.0), "reg_sampling": (0.25, 0.05)}
-
-
-def _register_exams(patient_id: str, pre: Mapping[str, Any], post: Mapping[str, Any],
-                    params: PreprocessParams, threads: int, check: bool
-                    ) -> tuple[sitk.Euler3DTransform, dict[str, Any]]:
-    """Post-to-pre rigid registration of the resampled T2W, with QC flags.
-
-    If the QC flags the result and ``params.reg_fallback`` is set, registration is
-    retried once with the conservative :data:`FALLBACK_REGISTRATION` set-up (physical-shift
-    scales, no 4x level: slower in z but it cannot run away along a thin slab); the
-    second result is kept if it passes. ``qc["attempt"]`` says which one was used.
-    """
-    attempts = [params]
-    if params.reg_fallback:
-        attempts.append(dataclasses.replace(params, **FALLBACK_REGISTRATION))
-    failed = []
-    for number, setting in enumerate(attempts, start=1):
-        tx, qc = register_rigid(pre["t2w_ref"], post["t2w_ref"], setting, pre["body"],
-                                post["body"], threads)
-        qc.update(flags=registration_flags(qc, params), attempt=number,
-                  earlier_flags=[f for f_list in failed for f in f_list])
-        if not qc["flags"]:
-            break
-        failed.append(qc["flags"])
-    qc["status"] = "failed" if qc["flags"] else "ok"
-    if qc["flags"] and check:
-        raise RegistrationError(patient_id, "registration QC failed: " + "; ".join(qc["flags"]))
-    return tx, qc
-
-
 def _normalise_pair(pre: Mapping[str, Any], post: Mapping[str, Any], tx: sitk.Transform,
                     params: PreprocessParams) -> tuple[list[np.ndarray], dict[str, Any],
                                                        sitk.Image]:
     """Both exams on the pre reference grid, normalised; also the post body mask there."""
     ref = pre["ref"]
-    pre_ref = {**_to_reference(pre, ref, None), "T2W": pre["t2w_ref"]}
+    pre_ref = {**_to_reference(pre, ref, None), params.reference_sequence: pre["reference_image"]}
     post_body = resample_mask(post["body"], ref, tx)
     image_pre, norm_pre = _normalise_exam(pre_ref, pre["body"], params)
     image_post, norm_post = _normalise_exam(_to_reference(post, ref, tx), post_body, params)
@@ -723,7 +583,7 @@ def _crop_pair(patient_id: str, ref: sitk.Image, params: PreprocessParams,
     roi = choose_roi(patient_id, ref, params.roi_zyx, union, roi_center_mm)
     crops, padding = [], None
     for image, tp in zip(images, TIMEPOINTS, strict=True):
-        pad = [norm[tp][seq]["clip_lo"] for seq in SEQUENCES]
+        pad = [norm[tp][seq]["clip_lo"] for seq in params.sequences]
         crop, padding = crop_padded(image, roi["start_zyx"], params.roi_zyx, pad)
         crops.append(crop)
     roi.update(padding_zyx=padding, padded=bool(np.any(np.asarray(padding) > 0)))
@@ -737,14 +597,18 @@ def _crop_pair(patient_id: str, ref: sitk.Image, params: PreprocessParams,
 def _preprocess_pair(pre_images: Images, post_images: Images, pre_mask: sitk.Image | None,
                      post_mask: sitk.Image | None, params: PreprocessParams,
                      roi_center_mm: Sequence[float] | None, patient_id: str, threads: int,
-                     check_registration: bool) -> PreprocessedPair:
+                     check_registration: bool, files: Mapping[str, str] | None = None
+                     ) -> PreprocessedPair:
     clock = {"start": time.perf_counter()}
-    ref = reference_grid(pre_images["T2W"], params.spacing_zyx)
+    reference = params.reference_sequence
+    ref = reference_grid(pre_images[reference], params.spacing_zyx)
     mask_pre = _mask_array(pre_mask, ref)
     _check_roi_inputs(patient_id, mask_pre, roi_center_mm, params)
     pre, post = (_prepare_exam(images, params, threads) for images in (pre_images, post_images))
     clock["n4_resample"] = time.perf_counter()
-    tx, reg_qc = _register_exams(patient_id, pre, post, params, threads, check_registration)
+    local = local_region(ref, mask_pre, roi_center_mm, params)
+    tx, reg_qc = register_exams(patient_id, pre, post, params, threads, check_registration,
+                                local, files)
     clock["registration"] = time.perf_counter()
     images, norm, post_body = _normalise_pair(pre, post, tx, params)
     masks = [mask_pre, _mask_array(post_mask, ref, tx)]
@@ -754,16 +618,19 @@ def _preprocess_pair(pre_images: Images, post_images: Images, pre_mask: sitk.Ima
     stamps = list(clock.values())
     timing = {f"{k}_s": round(b - a, 4) for k, a, b in zip(list(clock)[1:], stamps, stamps[1:],
                                                              strict=False)}
+    warnings = pair_geometry_warnings(pre_images, post_images, reference, params.roi_zyx,
+                                      params.spacing_zyx)
     meta = {"patient_id": patient_id, "pipeline_version": PIPELINE_VERSION,
-            "params": params.to_dict(), "sequences": list(SEQUENCES), "reference": geometry(ref),
-            "original": {"pre": geometry(pre_images["T2W"]),
-                         "post": geometry(post_images["T2W"])},
+            "params": params.to_dict(), "sequences": list(params.sequences),
+            "reference_sequence": reference, "reference": geometry(ref),
+            "original": {"pre": geometry(pre_images[reference]),
+                         "post": geometry(post_images[reference])},
             "transform": transform_to_meta(tx), "registration": reg_qc, "roi": roi,
-            "normalisation": norm, "timing_s": timing}
+            "normalisation": norm, "warnings": warnings}
     qc_images = {"bias_pre": pre["bias"], "bias_post": post["bias"],
                  "body_pre": pre["body"], "body_post_in_pre": post_body}
     return PreprocessedPair(patient_id, crops[0], crops[1], cropped[0], cropped[1],
-                            tuple(params.spacing_zyx), meta, tx, qc_images)
+                            tuple(params.spacing_zyx), meta, tx, qc_images, timing)
 
 
 # --------------------------------------------------------------------------- back-mapping
@@ -808,7 +675,7 @@ def _read(patient_id: str, path: Any) -> sitk.Image:
     try:
         return read_image(path)
     except Exception as exc:  # any reader failure becomes an InputError
-        raise InputError(patient_id, f"cannot read {path}: {exc}") from exc
+        raise InputError(patient_id, f"cannot read {path}: {plain_itk_error(exc)}") from exc
 
 
 def input_files(patient_rows: pd.DataFrame) -> dict[str, str]:
@@ -828,15 +695,24 @@ def input_files(patient_rows: pd.DataFrame) -> dict[str, str]:
 def preprocess_patient(patient_rows: pd.DataFrame,
                        profile: Profile | str | PreprocessParams | None = None,
                        threads: int = 1, **kwargs: Any) -> PreprocessedPair:
-    """Read one patient's manifest rows (pre/post x T2W/DWI, masks) and preprocess them."""
+    """Read one patient's manifest rows (pre/post x sequences, masks) and preprocess them.
+
+    With a profile (not :class:`PreprocessParams`) the sequences are the rows' own, the
+    reference first; ``run_preprocessing`` sets them once from the whole manifest.
+    """
     patient_id = str(patient_rows["patient_id"].iloc[0])
+    if not isinstance(profile, PreprocessParams):
+        profile = PreprocessParams.from_profile(profile, sequences=cohort_sequences(
+            patient_rows))
+    params = profile
     files = input_files(patient_rows)
-    images = {tp: {s: _read(patient_id, files[f"{tp}_{s}"]) for s in SEQUENCES
+    images = {tp: {s: _read(patient_id, files[f"{tp}_{s}"]) for s in params.sequences
                    if f"{tp}_{s}" in files} for tp in TIMEPOINTS}
     masks = {tp: _read(patient_id, files[f"{tp}_mask"]) if f"{tp}_mask" in files else None
              for tp in TIMEPOINTS}
     return preprocess_pair(images["pre"], images["post"], masks["pre"], masks["post"],
-                           profile, patient_id=patient_id, threads=threads, **kwargs)
+                           profile, patient_id=patient_id, threads=threads, files=files,
+                           **kwargs)
 
 
 # --------------------------------------------------------------------------- cache
@@ -862,16 +738,33 @@ def _cached_row(paths: Mapping[str, Path], key: str) -> dict[str, Any] | None:
         return None
     if row.get("status") != "ok":
         return row
-    if paths["npz"].exists() and sha256_file(paths["npz"]) == row.get("npz_sha256"):
-        return row
-    return None
+    intact = all(paths[kind].exists() and sha256_file(paths[kind]) == row.get(f"{kind}_sha256")
+                 for kind in ("npz", "tfm"))
+    return row if intact else None
+
+
+CACHE_ARRAYS = ("image_pre", "image_post", "mask_pre", "mask_post", "spacing_zyx")
+
+
+class CacheError(ValueError):
+    """A damaged or unreadable cache file; the message names the patient and the file."""
 
 
 def load_cached(path: str | os.PathLike) -> dict[str, Any]:
-    """A cached patient: the arrays plus ``meta`` (parsed ``meta_json``); no pickle."""
-    with np.load(path, allow_pickle=False) as data:
-        out = {name: data[name] for name in data.files}
-    out["meta"] = json.loads(str(out.pop("meta_json")))
+    """A cached patient: the arrays plus ``meta`` (parsed ``meta_json``); no pickle.
+
+    A damaged file raises :class:`CacheError` naming the patient (the file's stem) and the
+    file; ``run_preprocessing`` recomputes such an entry (its checksum no longer matches).
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {name: data[name] for name in data.files}
+        out["meta"] = json.loads(str(out.pop("meta_json")))
+    except Exception as exc:  # BadZipFile, EOFError, zlib.error, KeyError, ValueError...
+        raise CacheError(f"patient {path.stem}: cache file {path} is damaged or unreadable "
+                         f"({type(exc).__name__}: {exc}); rerun preprocessing to recompute "
+                         "it") from exc
     return out
 
 
@@ -881,18 +774,29 @@ def _qc_row(pair: PreprocessedPair) -> dict[str, Any]:
             "reg_dice_before": reg.get("dice_before"), "reg_dice_after": reg.get("dice_after"),
             "reg_translation_mm": reg["translation_mm"], "reg_rotation_deg": reg["rotation_deg"],
             "reg_iterations": reg["iterations"], "reg_attempt": reg["attempt"],
+            "reg_mode": reg["mode"], "reg_kept_identity": reg.get("kept_identity"),
+            "reg_translation_from_init_mm": reg.get("translation_from_init_mm"),
+            "reg_local_ncc_before": reg.get("local_ncc_before"),
+            "reg_local_ncc_after": reg.get("local_ncc_after"),
+            "reg_flags": "; ".join(reg["flags"]),
             "roi_start_zyx": json.dumps(roi["start_zyx"]),
             "tumour_extent_zyx": json.dumps(roi.get("tumour_extent_zyx")),
             "padded": roi["padded"], "padding_zyx": json.dumps(roi["padding_zyx"]),
-            "vol_pre_vox": int(pair.mask_pre.sum()), "vol_post_vox": int(pair.mask_post.sum())}
+            "vol_pre_vox": int(pair.mask_pre.sum()), "vol_post_vox": int(pair.mask_post.sum()),
+            "sequences": " ".join(pair.meta["sequences"]),
+            "warnings": "; ".join(pair.meta["warnings"])}
 
 
 def _write_outputs(pair: PreprocessedPair, paths: Mapping[str, Path], row: dict[str, Any]
                    ) -> None:
-    """npz, transform, then the sidecar (last: it is what marks the patient as done)."""
+    """npz, transform, then the sidecar (last: it is what marks the patient as done).
+
+    The sidecar holds both files' checksums, so a damaged file is recomputed on reuse. The
+    transform is also inside the npz's ``meta_json``; the ``.tfm`` is for other ITK tools.
+    """
     save_npz_atomic(paths["npz"], **pair.arrays())
     write_atomic(paths["tfm"], lambda tmp: sitk.WriteTransform(pair.transform, str(tmp)))
-    row["npz_sha256"] = sha256_file(paths["npz"])
+    row.update(npz_sha256=sha256_file(paths["npz"]), tfm_sha256=sha256_file(paths["tfm"]))
     write_json_atomic(paths["sidecar"], row)
 
 
@@ -914,7 +818,7 @@ def check_cache(patient_rows: pd.DataFrame, params: PreprocessParams,
         missing = [p for p in files.values() if not Path(str(p)).exists()]
         if missing:
             raise InputError(patient_id, f"missing input file(s): {', '.join(map(str, missing))}")
-        key = cache_key(params, {role: sha256_file(p) for role, p in files.items()})
+        key = cache_key(params, {role: checksum(p) for role, p in files.items()})
     except PreprocessError as exc:
         return {**row, "status": "error", "error_type": type(exc).__name__, "error": str(exc),
                 "cached": False, "seconds": time.perf_counter() - t0}, None
@@ -943,11 +847,13 @@ def compute_to_cache(patient_rows: pd.DataFrame, params: PreprocessParams,
         row.update(status="ok", error_type="", error="", cache_file=paths["npz"].name,
                    **_qc_row(pair))
         _write_outputs(pair, paths, row)
+        row["step_seconds"] = json.dumps(pair.timing_s)
     except PreprocessError as exc:
         row.update(status="error", error_type=type(exc).__name__, error=str(exc))
         write_json_atomic(paths["sidecar"], row)
     except Exception as exc:  # report, never drop, a patient
-        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        detail = (plain_itk_error(exc) if "ITK" in str(exc) or "itk::" in str(exc)
+                  else traceback.format_exception_only(type(exc), exc)[-1].strip())
         row.update(status="error", error_type=type(exc).__name__,
                    error=f"patient {patient_id}: unexpected {detail}")
     return {**row, "cached": False, "seconds": time.perf_counter() - t0}
@@ -977,8 +883,11 @@ def _init_worker(threads: int) -> None:
 TABLE_COLUMNS = ["patient_id", "cohort", "centre", "status", "error_type", "error", "cached",
                  "seconds", "cache_file", "cache_key", "reg_metric_before", "reg_metric_after",
                  "reg_dice_before", "reg_dice_after", "reg_translation_mm", "reg_rotation_deg",
-                 "reg_iterations", "reg_attempt", "roi_start_zyx", "tumour_extent_zyx", "padded",
-                 "padding_zyx", "vol_pre_vox", "vol_post_vox"]
+                 "reg_iterations", "reg_attempt", "reg_mode", "reg_kept_identity",
+                 "reg_translation_from_init_mm", "reg_local_ncc_before", "reg_local_ncc_after",
+                 "reg_flags", "roi_start_zyx", "tumour_extent_zyx", "padded",
+                 "padding_zyx", "vol_pre_vox", "vol_post_vox", "sequences", "warnings",
+                 "step_seconds"]
 
 
 def _run_all(groups: list[pd.DataFrame], params: PreprocessParams, out_dir: Path,
@@ -1017,18 +926,24 @@ def run_preprocessing(manifest_path: str | os.PathLike, out_dir: str | os.PathLi
                       ) -> pd.DataFrame:
     """Preprocess every patient of a manifest into ``out_dir`` (default: the profile cache).
 
-    Patients run in parallel (``workers`` processes, default all cores, one ITK thread
-    each). Writes and returns ``processed.csv``: one row per patient with QC status,
-    registration metrics, padding and any error; failures are printed, never dropped.
+    The manifest is validated first (table and files, :func:`utils.manifest.require_valid`):
+    any problem raises :class:`~utils.manifest.ManifestError` listing them all, before
+    anything is written. The sequences are the manifest's (reference first). Patients run
+    in parallel (``workers`` processes, default all cores, one ITK thread each). Writes
+    and returns ``processed.csv``: one row per patient with QC status, registration
+    metrics, geometry warnings, padding and any error; failures are printed, never dropped.
     """
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     params = params or PreprocessParams.from_profile(prof)
+    workers = workers or os.cpu_count() or 1
+    df = require_valid(manifest_path, reference=params.reference_sequence, workers=workers)
+    params = dataclasses.replace(params, sequences=cohort_sequences(
+        df, params.reference_sequence))
     out = Path(out_dir) if out_dir is not None else get_paths(prof.name).cache_dir
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out)
-    df = load_manifest(manifest_path)
     groups = [g for _, g in df.groupby("patient_id", sort=True)]
-    rows = _run_all(groups, params, out, workers or os.cpu_count() or 1, progress)
+    rows = _run_all(groups, params, out, workers, progress)
     table = pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
     table = table.sort_values("patient_id").reset_index(drop=True)
     write_text_atomic(out / "processed.csv", table.to_csv(index=False))
@@ -1053,12 +968,66 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, help="smoke | demo | paper")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--registration", choices=REGISTRATION_MODES, default="strict",
+                        help="strict: a registration failing QC is an error; flag: record "
+                        "the QC flags and continue; identity: do not register")
+    add_params_arguments(parser)
     args = parser.parse_args(argv)
     prof = get_profile(args.profile)
     manifest = args.manifest or get_paths(prof.name).manifest
-    table = run_preprocessing(manifest, args.out, prof, args.workers,
-                              progress=not args.no_progress)
+    try:
+        params = params_from_arguments(args, PreprocessParams.from_profile(
+            prof, registration=args.registration))
+        table = run_preprocessing(manifest, args.out, prof, args.workers, params=params,
+                                  progress=not args.no_progress)
+    except (ManifestError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0 if (table["status"] == "ok").all() else 1
+
+
+def _triple(text: str, kind: type) -> tuple:
+    parts = text.replace("x", ",").split(",")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected three values z,y,x, not {text!r}")
+    return tuple(kind(p) for p in parts)
+
+
+def add_params_arguments(parser: argparse.ArgumentParser) -> None:
+    """The geometry and sequence options shared by the preprocessing and prediction CLIs."""
+    parser.add_argument("--spacing", type=lambda t: _triple(t, float), default=None,
+                        metavar="Z,Y,X", help="target voxel spacing in mm (default: profile)")
+    parser.add_argument("--roi", default=None, metavar="Z,Y,X[mm]",
+                        help="ROI size in voxels (16,40,40) or millimetres (80,80,80mm), "
+                        "default: profile")
+    parser.add_argument("--reference-sequence", default=None,
+                        help=f"sequence whose grid the masks follow (default "
+                        f"{REFERENCE_SEQUENCE})")
+
+
+def roi_voxels(roi: str, spacing_zyx: Sequence[float]) -> tuple[int, int, int]:
+    """``"16,40,40"`` voxels, or ``"80,80,80mm"`` converted at ``spacing_zyx`` (rounded up)."""
+    if roi.strip().lower().endswith("mm"):
+        mm = _triple(roi.strip()[:-2], float)
+        return tuple(math.ceil(m / s - 1e-6) for m, s in zip(mm, spacing_zyx,
+                                                                    strict=True))
+    return _triple(roi, int)
+
+
+def params_from_arguments(args: argparse.Namespace, base: PreprocessParams
+                          ) -> PreprocessParams:
+    """``base`` with the CLI's ``--spacing``, ``--roi`` and ``--reference-sequence``."""
+    changes: dict[str, Any] = {}
+    if args.spacing is not None:
+        changes["spacing_zyx"] = args.spacing
+    spacing = changes.get("spacing_zyx", base.spacing_zyx)
+    if args.roi is not None:
+        changes["roi_zyx"] = roi_voxels(args.roi, spacing)
+    if args.reference_sequence:
+        changes["reference_sequence"] = args.reference_sequence
+        if args.reference_sequence not in base.sequences:
+            changes["sequences"] = (args.reference_sequence, *base.sequences)
+    return dataclasses.replace(base, **changes)
 
 
 if __name__ == "__main__":

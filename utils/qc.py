@@ -151,11 +151,15 @@ def plot_crop_montage(cache_files: Sequence[Path], sequences: Sequence[str] = ("
 def qc_summary(processed: pd.DataFrame) -> pd.DataFrame:
     """Per cohort: patients, QC status counts and registration quality (medians)."""
     numeric = [c for c in ("reg_metric_before", "reg_metric_after", "reg_dice_before",
-                           "reg_dice_after", "reg_translation_mm", "reg_rotation_deg")
-               if c in processed.columns]
-    summary = processed.groupby("cohort").agg(
+                           "reg_dice_after", "reg_local_ncc_after", "reg_translation_mm",
+                           "reg_rotation_deg") if c in processed.columns]
+    flagged = processed.get("reg_flags", pd.Series("", index=processed.index)).fillna("")
+    warned = processed.get("warnings", pd.Series("", index=processed.index)).fillna("")
+    summary = processed.assign(reg_flagged=flagged.ne(""), warned=warned.ne("")).groupby(
+        "cohort").agg(
         patients=("patient_id", "size"),
         ok=("status", lambda s: int((s == "ok").sum())),
+        flagged=("reg_flagged", "sum"), warned=("warned", "sum"),
         padded=("padded", lambda s: int(s.fillna(False).astype(bool).sum())),
         **{f"{c.removeprefix('reg_')} (median)": (c, "median") for c in numeric})
     return summary

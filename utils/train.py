@@ -95,6 +95,7 @@ from .model import (
     set_readout,
     variant_of,
 )
+from .preprocess import CACHE_ARRAYS, CacheError, load_cached
 from .readout import Readout, fit_readout, make_folds
 from .repro import derive_seed, set_seeds
 
@@ -315,6 +316,12 @@ class PatientArrays:
     mask_pre: np.ndarray  # uint8 (z, y, x)
     mask_post: np.ndarray
     spacing_zyx: np.ndarray  # float64 (3,)
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # the cache's params
+
+    @property
+    def sequences(self) -> tuple[str, ...]:
+        """The input channels, in order (older caches: the phantom's T2W, DWI)."""
+        return tuple(self.preprocessing.get("sequences", SEQUENCES))
 
     def image(self, timepoint: str) -> np.ndarray:
         return self.image_pre if timepoint == "pre" else self.image_post
@@ -326,12 +333,11 @@ class PatientArrays:
 def read_cache_file(path: Path, row: Mapping[str, Any]) -> PatientArrays:
     """Load and check one cached patient; errors name the patient and the file."""
     pid = str(row["patient_id"])
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in ("image_pre", "image_post", "mask_pre", "mask_post",
-                                           "spacing_zyx")}
-    except (OSError, KeyError, ValueError) as error:
-        raise ValueError(f"patient {pid}: cannot read cache file {path}: {error}") from error
+    arrays = load_cached(path)
+    missing = [k for k in CACHE_ARRAYS if k not in arrays]
+    if missing:
+        raise CacheError(f"patient {pid}: cache file {path} lacks {missing}; rerun "
+                         "preprocessing to recompute it")
     shape = arrays["image_pre"].shape
     if (arrays["image_post"].shape != shape or len(shape) != 4
             or arrays["mask_pre"].shape != shape[:3] or arrays["mask_post"].shape != shape[:3]):
@@ -342,7 +348,8 @@ def read_cache_file(path: Path, row: Mapping[str, Any]) -> PatientArrays:
                          arrays["image_post"].astype(np.float32),
                          (arrays["mask_pre"] > 0).astype(np.uint8),
                          (arrays["mask_post"] > 0).astype(np.uint8),
-                         arrays["spacing_zyx"].astype(np.float64))
+                         arrays["spacing_zyx"].astype(np.float64),
+                         arrays["meta"].get("params", {}))
 
 
 def processed_ok(cache_dir: Path) -> set[str] | None:
@@ -419,6 +426,28 @@ class TrainData:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return next(iter(self.arrays.values())).image_pre.shape
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """The preprocessing parameters every cached patient shares (grid, ROI, sequences).
+
+        Raises ValueError naming two patients whose caches disagree (e.g. a cache folder
+        mixing runs with different sequences or ROI sizes)."""
+        keys = ("sequences", "reference_sequence", "spacing_zyx", "roi_zyx")
+        items = sorted(self.arrays.items())
+        first_id, first = items[0]
+        for pid, patient in items[1:]:
+            for key in keys:
+                if patient.preprocessing.get(key) != first.preprocessing.get(key):
+                    raise ValueError(
+                        f"cached patients {first_id} and {pid} differ in {key}: "
+                        f"{first.preprocessing.get(key)} vs {patient.preprocessing.get(key)}; "
+                        "preprocess the cohort again with one setting")
+        return first.preprocessing
+
+    @property
+    def sequences(self) -> tuple[str, ...]:
+        return tuple(self.preprocessing.get("sequences", SEQUENCES))
 
 
 def prepare_data(profile: Profile | str | None = None, paths: TrainPaths | None = None,
@@ -1075,8 +1104,10 @@ def model_card(variant: str, profile: Profile, data: TrainData, cfg: TrainConfig
     fit_ids = data.ids("fit")
     labels = {p: data.arrays[p].pcr for p in fit_ids}
     return {"variant": variant, "seed": cfg.seed,
-            "profile": profile.name, "spacing_zyx": list(profile.spacing_zyx),
-            "roi_zyx": list(profile.roi_zyx), "sequences": list(SEQUENCES),
+            "profile": profile.name,
+            "spacing_zyx": list(data.preprocessing.get("spacing_zyx", profile.spacing_zyx)),
+            "roi_zyx": list(data.input_shape[:3]), "sequences": list(data.sequences),
+            "preprocessing": data.preprocessing,
             "train_pcr_fraction": epoch_fraction(fit_ids, labels, cfg.pcr_fraction),
             "prevalence": float(np.mean(list(labels.values()))),
             "prior_correction": cfg.prior_correction and readout is None,
