@@ -11,11 +11,15 @@ NBVAL_FLAGS := --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanit
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONHASHSEED := 0
 export PYTHONUTF8 := 1
+# Stored notebook outputs: static montages instead of widgets, one line per progress bar
+# (utils.viewer, utils.progress). `make lab` unsets it for interactive sessions.
+export RPNET_STATIC_FIGURES := 1
 
-.PHONY: help setup data reproduce test unit nbval lab lint bench dryrun clean
+.PHONY: help setup data reproduce readme test unit nbval lab lint bench dryrun clean
 
 help:
 	@echo "make reproduce [PROFILE=demo|smoke|paper]  set up, generate data, run every notebook, regenerate figures/"
+	@echo "make readme                                README's results table from results/metrics.json (demo)"
 	@echo "make test                                  set up, unit tests, nbval on every notebook (smoke profile)"
 	@echo "make lab                                   JupyterLab with this environment's kernel"
 	@echo "make bench                                 benchmark scripts (see benchmarks/)"
@@ -49,9 +53,15 @@ reproduce: $(STAMP) data
 		RPNET_PROFILE=$(PROFILE) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.kernel_name=python3 "$$nb" || exit 1; \
 	done
+	RPNET_PROFILE=$(PROFILE) $(PY) -m utils.report --profile $(PROFILE)
 	@echo "figures in $$(RPNET_PROFILE=$(PROFILE) $(PY) -c 'from utils.config import get_paths; print(get_paths().figures_dir)')"
 
-test: $(TEST_STAMP) unit nbval
+# README's results table from the profile's metrics.json (utils/report.py). Only the demo
+# profile's phantom run is written into README.md; other profiles print the table, exit 0.
+readme: $(STAMP)
+	RPNET_PROFILE=$(PROFILE) $(PY) -m utils.report --profile $(PROFILE)
+
+test: $(TEST_STAMP) lint unit nbval
 
 unit: $(TEST_STAMP)
 	RPNET_PROFILE=smoke $(PY) -m pytest tests -q
@@ -61,7 +71,7 @@ nbval: $(STAMP)
 
 lab: $(STAMP)
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (RP-Net .venv)"
-	RPNET_PROFILE=$(PROFILE) $(VENV)/bin/jupyter lab notebooks/
+	RPNET_STATIC_FIGURES= RPNET_PROFILE=$(PROFILE) $(VENV)/bin/jupyter lab notebooks/
 
 lint: $(STAMP)
 	$(PY) -m ruff check utils tests benchmarks

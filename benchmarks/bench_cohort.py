@@ -12,8 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import write_result
-
+from benchmarks.common import write_result
 from utils.cohort import generate_cohort
 from utils.config import get_profile
 

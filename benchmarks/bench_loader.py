@@ -2,7 +2,7 @@
 
 Usage: ``.venv/bin/python benchmarks/bench_loader.py --profile demo [--batches 24]``
 
-1. Loader: batches/s of :class:`utils.train.RPNetDataset` (training mode: balanced sampling,
+1. Loader: batches/s of :class:`utils.data.RPNetDataset` (training mode: balanced sampling,
    spatial + intensity augmentation) in one thread, over ``--batches`` batches of a fresh epoch.
    Data: the profile's preprocessing cache if present, else random arrays of the cached shapes
    (augmentation cost does not depend on the values).
@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from utils import config
+from utils import config, distribute
+from utils import data as dt
 from utils import train as tr
 from utils.io import write_json_atomic
 from utils.repro import versions
@@ -34,7 +32,7 @@ from utils.repro import versions
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def synthetic_arrays(profile: config.Profile, n: int = 40) -> dict[str, tr.PatientArrays]:
+def synthetic_arrays(profile: config.Profile, n: int = 40) -> dict[str, dt.PatientArrays]:
     """Random patients with the profile's ROI shape and a cubic tumour."""
     rng = np.random.default_rng(0)
     shape = (*profile.roi_zyx, len(config.SEQUENCES))
@@ -44,28 +42,28 @@ def synthetic_arrays(profile: config.Profile, n: int = 40) -> dict[str, tr.Patie
         z, y, x = (s // 2 for s in profile.roi_zyx)
         mask[z - 2:z + 2, y - 6:y + 6, x - 6:x + 6] = 1
         images = [rng.normal(size=shape).astype(np.float32) for _ in range(2)]
-        out[f"P{i:03d}"] = tr.PatientArrays(f"P{i:03d}", "training", "A", int(i % 4 == 0),
+        out[f"P{i:03d}"] = dt.PatientArrays(f"P{i:03d}", "training", "A", int(i % 4 == 0),
                                            images[0], images[1], mask, mask.copy(),
                                            np.asarray(profile.spacing_zyx, float))
     return out
 
 
 def cached_arrays(profile: config.Profile, cache_dir: Path | None = None
-                  ) -> dict[str, tr.PatientArrays] | None:
-    paths = tr.TrainPaths.for_profile(profile.name)
+                  ) -> dict[str, dt.PatientArrays] | None:
+    paths = config.get_paths(profile.name)
     cache_dir = cache_dir or paths.cache_dir
     if not (cache_dir / "processed.csv").exists() or not paths.manifest.exists():
         return None
     from utils.manifest import load_manifest, patient_table
 
     patients = patient_table(load_manifest(paths.manifest))
-    arrays, _ = tr.load_patients(cache_dir, patients[patients["cohort"] == "training"])
+    arrays, _ = dt.load_patients(cache_dir, patients[patients["cohort"] == "training"])
     return arrays or None
 
 
-def loader_rate(arrays: dict[str, tr.PatientArrays], batch_size: int, n_batches: int,
+def loader_rate(arrays: dict[str, dt.PatientArrays], batch_size: int, n_batches: int,
                 seed: int) -> float:
-    ds = tr.RPNetDataset(arrays, sorted(arrays), "full", batch_size, training=True, seed=seed,
+    ds = dt.RPNetDataset(arrays, sorted(arrays), "full", batch_size, training=True, seed=seed,
                         pcr_fraction=0.5, steps_per_epoch=n_batches)
     ds[0]  # warm-up (imports, caches)
     ds.epoch = 1
@@ -75,14 +73,14 @@ def loader_rate(arrays: dict[str, tr.PatientArrays], batch_size: int, n_batches:
     return n_batches / (time.perf_counter() - start)
 
 
-def train_rate(arrays: dict[str, tr.PatientArrays], profile: config.Profile, batch_size: int,
+def train_rate(arrays: dict[str, dt.PatientArrays], profile: config.Profile, batch_size: int,
                steps: int) -> tuple[float, float]:
     """(batches/s after warm-up, first-step seconds) of train_on_batch for ``full``."""
-    device = tr.setup_device()
+    device = distribute.setup_device()
     cfg = tr.TrainConfig().resolved(profile)
     shape = next(iter(arrays.values())).image_pre.shape
-    model = tr._build_compiled("full", profile, cfg, shape, device)
-    ds = tr.RPNetDataset(arrays, sorted(arrays), "full", batch_size, training=False)
+    model = tr.build_compiled("full", profile, cfg, shape, device)
+    ds = dt.RPNetDataset(arrays, sorted(arrays), "full", batch_size, training=False)
     x, y = ds[0]
     start = time.perf_counter()
     model.train_on_batch(x, y)
@@ -116,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
               "loader_ms_per_sample": 1000 / (loader * bs),
               "train_batches_per_s": training, "train_first_step_s": first,
               "ratio_loader_over_train": loader / training, "target_ratio": 3.0,
-              "device": tr.device_summary().replace("\n", "; "),
+              "device": distribute.device_summary().replace("\n", "; "),
               "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
               "cpu_count": os.cpu_count(), "versions": versions()}
     target = write_json_atomic(RESULTS / f"bench_loader_{profile.name}.json", result)

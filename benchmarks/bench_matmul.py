@@ -1,6 +1,6 @@
 """The machine's own limit: float32 matmul GFLOP/s (NumPy BLAS), the yardstick for the others."""
 
-from common import matmul_gflops, write_result
+from benchmarks.common import matmul_gflops, write_result
 
 if __name__ == "__main__":
     rate = matmul_gflops()

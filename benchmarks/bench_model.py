@@ -7,7 +7,7 @@ Usage: ``.venv/bin/python benchmarks/bench_model.py --profile demo [--explore]``
    and batch size): samples/s of ``train_on_batch`` after warm-up, with and without XLA
    (``jit_compile``), and the achieved GFLOP/s, estimating one training step as 3x the
    forward FLOPs per sample (forward + two backward products), with forward FLOPs from
-   :func:`utils.model.count_flops` (2 x multiply-adds of conv and dense layers).
+   :func:`utils.architecture.count_flops` (2 x multiply-adds of conv and dense layers).
 3. ``--explore`` adds a doubled batch and doubled base filters, to show what moves the rate
    (written to ``bench_model_<profile>_explore.json``).
 
@@ -24,18 +24,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import keras
-
-from utils import config
+from utils import architecture, config
 from utils import model as rp
 from utils.io import write_json_atomic
 from utils.repro import versions
@@ -99,7 +95,7 @@ def measure(case: Case, steps: int, peak: float) -> Case:
     model = rp.build_rpnet(case.input_shape, "full", depth=case.depth,
                           base_filters=case.base_filters, seed=0)
     rp.compile_rpnet(model, "full", jit_compile=case.jit_compile)
-    case.forward_gflop_per_sample = rp.count_flops(model) / 1e9
+    case.forward_gflop_per_sample = architecture.count_flops(model) / 1e9
     x, y = _batch(case.input_shape, case.batch_size)
     t0 = time.perf_counter()
     model.train_on_batch(x, y)  # traces (and with XLA compiles) the step
@@ -120,8 +116,8 @@ def measure(case: Case, steps: int, peak: float) -> Case:
 
 def cases_for(profile: config.Profile, modes: list[str], explore: bool) -> list[Case]:
     shape = (*profile.roi_zyx, len(config.SEQUENCES))
-    base = dict(batch_size=profile.batch_size, base_filters=profile.base_filters,
-                depth=profile.depth, input_shape=shape)
+    base = {"batch_size": profile.batch_size, "base_filters": profile.base_filters,
+                "depth": profile.depth, "input_shape": shape}
     cases = [Case(f"{profile.name} {mode}", mode == "xla", **base) for mode in modes]
     if explore:
         jit = "xla" in modes and "graph" not in modes

@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_preprocess.py [--profile demo] [--workers N] [--limit N]
 
-Runs :func:`utils.preprocess.run_preprocessing` on the profile's cohort (generated into a
+Runs :func:`utils.cache.run_preprocessing` on the profile's cohort (generated into a
 temporary folder if absent) into a temporary cache, twice: cold (everything computed) and
 warm (inputs hashed, cache verified, nothing recomputed). Also reports CPU seconds per
 patient, so that a run on a busy machine (see ``load_average``) can be read as the
@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from common import write_result
 
+from benchmarks.common import write_result
+from utils.cache import run_preprocessing
 from utils.config import get_paths, get_profile
 from utils.manifest import load_manifest
-from utils.preprocess import PreprocessParams, run_preprocessing
+from utils.preprocess import PreprocessParams
 
 TARGET_COLD_PER_MIN = 60.0
 TARGET_WARM_FRACTION = 0.05

@@ -13,8 +13,9 @@ peak device memory. Writes ``$OUT/bench_train_gpu_<profile>_<backend>.json`` if 
 set, else ``benchmarks/results/`` (``_cpu`` appended without a GPU). On a CPU it runs two
 steps and says it is not a GPU measurement.
 
-It imports only Keras, NumPy, ``utils.config`` and ``utils.model`` (no TensorFlow unless that
-is the backend), so it runs under ``KERAS_BACKEND=jax`` without TensorFlow installed.
+It imports only Keras, NumPy, ``utils.config``, ``utils.model`` and ``utils.architecture``
+(no TensorFlow unless that is the backend), so it runs under ``KERAS_BACKEND=jax`` without
+TensorFlow installed.
 """
 
 from __future__ import annotations
@@ -23,17 +24,13 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import keras
-
-from utils import config
+from utils import architecture, config
 from utils import model as rp
 
 TRAIN_FACTOR = 3  # one training step ~ 3 forward passes (forward, input and weight gradients)
@@ -106,7 +103,7 @@ def measure(profile: config.Profile, batch_size: int, steps: int, warmup: int,
     model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
     seconds = time.perf_counter() - start
     samples = batch_size * max(steps, warmup)
-    flops = rp.count_flops(model)
+    flops = architecture.count_flops(model)
     rate = samples / seconds
     return {"batch_size": batch_size, "steps": samples // batch_size,
             "warmup_s": first, "step_ms": 1000 * seconds / (samples // batch_size),

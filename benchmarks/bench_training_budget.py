@@ -25,6 +25,9 @@ import numpy as np
 from benchmarks.common import matmul_gflops, write_result
 from utils import config
 from utils import train as tr
+from utils.checkpoint import RunCheckpoint
+from utils.data import RPNetDataset, prepare_data
+from utils.inference import predict_variant
 
 TIMED = defaultdict(float)
 
@@ -40,7 +43,9 @@ def _timed(name: str, function):
 
 
 class BatchTimer(keras.callbacks.Callback):
-    """Wall time of every training batch (loader wait excluded: Keras times the step)."""
+    """Wall time of every training batch (loader wait excluded: Keras times the step) and of
+    every epoch's batches (from the epoch's start to its last batch: without the tune
+    evaluation and the checkpoints, which are timed apart)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -55,21 +60,21 @@ class BatchTimer(keras.callbacks.Callback):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.batches.append((self._epoch, time.perf_counter() - self._start))
+        self._last = time.perf_counter()
+        self.batches.append((self._epoch, self._last - self._start))
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epochs.append(time.perf_counter() - self._epoch_start)
+        self.epochs.append(self._last - self._epoch_start)
 
 
-def instrument(timer: BatchTimer) -> None:
-    """Wrap the parts of utils.train whose time we report."""
-    tr._save_checkpoint = _timed("checkpoints", tr._save_checkpoint)
+def instrument() -> None:
+    """Wrap the parts of the Keras training loop whose time we report."""
+    checkpoint = keras.callbacks.ModelCheckpoint
+    checkpoint.on_epoch_end = _timed("checkpoints", checkpoint.on_epoch_end)
+    RunCheckpoint.on_epoch_end = _timed("checkpoints", RunCheckpoint.on_epoch_end)
     tr.refit_readout = _timed("readout_refit", tr.refit_readout)
-    tr.predict_variant = _timed("predict_all_patients", tr.predict_variant)
-    tr.TuneEvaluation.on_epoch_end = _timed("tune_evaluation", tr.TuneEvaluation.on_epoch_end)
-    tr.RPNetDataset.__getitem__ = _timed("loader", tr.RPNetDataset.__getitem__)
-    callbacks = tr._callbacks
-    tr._callbacks = lambda *args: [timer, *callbacks(*args)]
+    keras.Model.evaluate = _timed("tune_evaluation", keras.Model.evaluate)  # validation_data
+    RPNetDataset.__getitem__ = _timed("loader", RPNetDataset.__getitem__)
 
 
 def main() -> None:
@@ -79,19 +84,20 @@ def main() -> None:
     args = parser.parse_args()
     profile = config.get_profile(args.profile)
     timer = BatchTimer()
-    instrument(timer)
+    instrument()
     base = config.get_paths(profile.name)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = tr.TrainPaths(base.manifest, base.cache_dir, Path(tmp), Path(tmp) / "results")
+        paths = config.Paths(base.manifest, base.cache_dir, Path(tmp), Path(tmp) / "results")
         start = time.perf_counter()
-        data = tr.prepare_data(profile, paths)
+        data = prepare_data(profile, paths)
         load_s = time.perf_counter() - start
         cfg = tr.TrainConfig().resolved(profile)
         start = time.perf_counter()
-        result = tr.fit_variant(args.variant, data, profile, cfg, paths, resume=False)
+        result = tr.fit_variant(args.variant, data, profile, cfg, paths, resume=False,
+                                callbacks=[timer])
         fit_s = time.perf_counter() - start
         start = time.perf_counter()
-        tr.predict_variant(args.variant, result.model, data, paths, cfg.batch_size)
+        predict_variant(args.variant, result.model, data, paths, cfg.batch_size)
         predict_s = time.perf_counter() - start
     steps = [s for epoch, s in timer.batches if epoch > 0]
     bare = float(np.median(steps))

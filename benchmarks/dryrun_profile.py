@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 
 from benchmarks.common import write_result
-from utils import config
+from utils import architecture, config
 from utils import model as rp
 
 GIB = 1024**3
@@ -32,7 +32,7 @@ CARDS_GB = (16, 24, 80)
 def activation_elements(model) -> int:
     """Elements of every layer call's output per sample (nested backbone calls included)."""
     total = 0
-    for node in rp._graph_nodes(model):
+    for node in architecture.graph_nodes(model):
         layer = node.operation
         if hasattr(layer, "layers") and layer is not model and hasattr(layer, "_nodes_by_depth"):
             total += activation_elements(layer)
@@ -58,7 +58,7 @@ def main() -> None:
                                             base_filters=profile.base_filters,
                                             seed=profile.seed), "full",
                              learning_rate=profile.learning_rate)
-    params = rp.parameter_counts(model)["total"]
+    params = architecture.parameter_counts(model)["total"]
     acts = activation_elements(model)
     rng = np.random.default_rng(0)
     batch = profile.batch_size
@@ -84,10 +84,10 @@ def main() -> None:
                "activation_mb_per_sample_float32": acts * 4 / 1e6,
                "activation_mb_per_sample_bfloat16": acts * 2 / 1e6,
                "first_step_s": times[0], "step_s": step, "step_times_s": times,
-               "train_gflop_per_s": 3 * rp.count_flops(model) * batch / step / 1e9,
+               "train_gflop_per_s": 3 * architecture.count_flops(model) * batch / step / 1e9,
                "loss": float(logs["loss"]), "peak_rss_gib": rss,
                "estimated_step_memory_gb": fits, "cards_gb": list(CARDS_GB),
-               "forward_gflop_per_sample": rp.count_flops(model) / 1e9}
+               "forward_gflop_per_sample": architecture.count_flops(model) / 1e9}
     path = write_result(f"dryrun_{profile.name}", payload)
     print(f"{profile.name}: input {shape}, batch {batch}, depth {profile.depth}, "
           f"{profile.base_filters} filters; {params:,} parameters; "

@@ -28,6 +28,9 @@ from sklearn.metrics import roc_auc_score
 from benchmarks.common import write_result
 from utils import config
 from utils import train as tr
+from utils.data import prepare_data
+from utils.inference import predict_variant
+from utils.modelcard import read_model_card
 
 SETTINGS = {"default": {}, "pcr_gradient": {"pcr_gradient": True},
             "no_readout": {"readout": False}}
@@ -35,13 +38,13 @@ SETTINGS = {"default": {}, "pcr_gradient": {"pcr_gradient": True},
 
 def run(profile: config.Profile, name: str, changes: dict, root: Path) -> dict:
     base = config.get_paths(profile.name)
-    paths = tr.TrainPaths(base.manifest, base.cache_dir, root / name, root / name / "results")
-    data = tr.prepare_data(profile, paths)
+    paths = config.Paths(base.manifest, base.cache_dir, root / name, root / name / "results")
+    data = prepare_data(profile, paths)
     cfg = tr.TrainConfig(**changes).resolved(profile)
     start = time.perf_counter()
     result = tr.fit_variant("full", data, profile, cfg, paths, resume=False)
-    table = tr.predict_variant("full", result.model, data, paths, cfg.batch_size)
-    card = tr.read_model_card(result.model_path) or {}
+    table = predict_variant("full", result.model, data, paths, cfg.batch_size)
+    card = read_model_card(result.model_path) or {}
     row = {"setting": name, "changes": changes, "seconds": time.perf_counter() - start,
            "readout": (card.get("readout") or {}).get("features"),
            "readout_oof_auc": (card.get("readout") or {}).get("oof_auc")}

@@ -31,9 +31,25 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_cohort(tiny_profile(), out, workers=2, progress=False)
 
 
-@pytest.fixture()
+@pytest.fixture
 def cohort_copy(tiny_cohort: Path, tmp_path: Path) -> Path:
     """A writable copy of the tiny cohort; returns its manifest path."""
     target = tmp_path / "cohort"
     shutil.copytree(tiny_cohort.parent, target)
     return target / tiny_cohort.name
+
+
+@pytest.fixture(scope="session")
+def eval_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a synthetic run for the evaluation tests (read-only; tests/evalrun.py)."""
+    from tests.evalrun import make_run
+
+    return make_run(tmp_path_factory.mktemp("synthetic_run"))
+
+
+@pytest.fixture(scope="session")
+def evaluation(eval_run: Path):
+    """:func:`utils.evaluate.run_evaluation` of ``eval_run`` (do not modify)."""
+    from tests.evalrun import evaluate_run
+
+    return evaluate_run(eval_run)

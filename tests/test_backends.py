@@ -50,8 +50,10 @@ _JAX_TRAINING = """
     import keras
     import numpy as np
     sys.path.insert(0, sys.argv[1])
-    from test_train import CFG, paths_under, tiny_profile, write_synthetic_cohort
+    from synthetic import CFG, paths_under, tiny_profile, write_synthetic_cohort
     from utils import model as rp, train as tr
+    from utils.data import prepare_data
+    from utils.modelcard import read_model_card
     assert keras.backend.backend() == "jax", keras.backend.backend()
     import os, warnings
     os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
@@ -64,7 +66,7 @@ _JAX_TRAINING = """
     root = Path(sys.argv[2])
     write_synthetic_cohort(root)
     paths = paths_under(root, "jax_run")
-    data = tr.prepare_data(tiny_profile(), paths)
+    data = prepare_data(tiny_profile(), paths)
     result = tr.fit_variant("full", data, tiny_profile(), CFG, paths, resume=False)
     log = tr.read_log(result.model_path.parent.parent / "logs" / "full" / "training.csv")
     x = dict(np.load(sys.argv[3]))
@@ -76,7 +78,7 @@ _JAX_TRAINING = """
     print(json.dumps({"backend": keras.backend.backend(), "model": str(result.model_path),
                       "loss": log["loss"].tolist(), "pcr_loss": log["pcr_loss"].tolist(),
                       "shapes": {k: list(np.shape(v)) for k, v in out.items()},
-                      "readout": tr.read_model_card(result.model_path)["readout"]["features"],
+                      "readout": read_model_card(result.model_path)["readout"]["features"],
                       "strategy": device.strategy is None, "strategy_warning": strategy_warning}))
 """
 

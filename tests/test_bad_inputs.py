@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from utils import imagecheck, manifest, preprocess
+from utils import cache, imagecheck, manifest
 from utils.io import checksum, sha256_file
 
 from .test_manifest import edit, messages
@@ -335,7 +335,7 @@ CASES: list[tuple[str, str, Damage, tuple[str, ...]]] = [
 
 
 def _tree(folder: Path) -> set[Path]:
-    return {p for p in folder.rglob("*")}
+    return set(folder.rglob("*"))
 
 
 @pytest.mark.parametrize("kind, patient, damage, words", CASES, ids=[c[0] for c in CASES])
@@ -347,8 +347,8 @@ def test_bad_input_is_named_and_nothing_is_written(cohort_copy, tmp_path, capsys
     assert named, f"{kind}: no problem names {patient!r}, {name!r} and {words}: {found}"
 
     before, out = _tree(cohort_copy.parent), tmp_path / "out"
-    code = preprocess.main(["--manifest", str(cohort_copy), "--out", str(out),
-                            "--profile", "smoke", "--workers", "1", "--no-progress"])
+    code = cache.main(["--manifest", str(cohort_copy), "--out", str(out),
+                       "--profile", "smoke", "--workers", "1", "--no-progress"])
     assert code != 0
     assert not out.exists() or not any(out.iterdir())
     assert _tree(cohort_copy.parent) == before

@@ -8,18 +8,18 @@ import pytest
 import SimpleITK as sitk
 from sklearn.metrics import roc_auc_score
 
-from utils import cohort, config
+from utils import cohort, config, phantom
 from utils.io import sha256_file
 
 from .conftest import tiny_profile
 
 
 @pytest.fixture(scope="module")
-def draws() -> list[cohort.PatientDraw]:
+def draws() -> list[phantom.PatientDraw]:
     """800 patients' random draws (no rendering), enough for stable statistics."""
     profile = config.with_overrides(config.get_profile("paper"), n_training=400, n_internal=200,
                                     n_external=200)
-    return [cohort.draw_patient(profile, *plan) for plan in cohort.cohort_plan(profile)]
+    return [phantom.draw_patient(profile, *plan) for plan in cohort.cohort_plan(profile)]
 
 
 def test_paper_profile_has_the_papers_cohort_sizes_and_centres():
@@ -74,7 +74,7 @@ def test_generated_files_have_each_centres_geometry_and_tumour_volumes(tiny_coho
     resolution = tiny_profile().phantom_resolution
     for _, row in table.iterrows():
         image = sitk.ReadImage(str(tiny_cohort.parent / row["image_path"]))
-        expected = cohort.CENTRES[row["centre"]][row["sequence"]].scaled(resolution)
+        expected = phantom.CENTRES[row["centre"]][row["sequence"]].scaled(resolution)
         assert image.GetSpacing() == pytest.approx(expected.spacing)
         assert image.GetSize() == expected.size
         assert image.GetPixelID() == sitk.sitkInt16

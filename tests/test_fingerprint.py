@@ -47,11 +47,12 @@ def _sha(*arrays: np.ndarray) -> str:
 
 def smoke_run(tiny_cohort: Path, root: Path) -> dict[str, object]:
     """Preprocess, train ``full`` (2 epochs x 2 steps) and predict; the fingerprint."""
+    from utils import config
     from utils import train as tr
-    from utils.preprocess import load_cached, run_preprocessing
+    from utils.cache import load_cached, run_preprocessing
 
     profile = tiny_profile()
-    paths = tr.TrainPaths(tiny_cohort, root / "cache", root / "run", root / "run" / "results")
+    paths = config.Paths(tiny_cohort, root / "cache", root / "run", root / "run" / "results")
     run_preprocessing(tiny_cohort, paths.cache_dir, profile, workers=2, progress=False)
     predictions = tr.train_all(profile, ("full",), tr.TrainConfig(epochs=2, steps_per_epoch=2),
                                paths, seeds=1, progress=False)

@@ -12,6 +12,8 @@ import keras
 import numpy as np
 import pytest
 
+from utils import architecture
+from utils import layers as rl
 from utils import model as rp
 
 SHAPE = (8, 16, 16, 2)
@@ -190,11 +192,11 @@ def test_masked_layers_on_known_values():
     x[0, 0, 0, :, 0] = [2.0, 4.0]
     w = np.zeros((1, 2, 2, 2, 1), np.float32)
     w[0, 0, 0, :, 0] = 1.0
-    moments = keras.ops.convert_to_numpy(rp.MaskedMoments(epsilon=0.0)([x, w]))
+    moments = keras.ops.convert_to_numpy(rl.MaskedMoments(epsilon=0.0)([x, w]))
     np.testing.assert_allclose(moments, [[3.0, 1.0]], rtol=1e-6)
-    empty = keras.ops.convert_to_numpy(rp.MaskedAverage()([x, np.zeros_like(w)]))
+    empty = keras.ops.convert_to_numpy(rl.MaskedAverage()([x, np.zeros_like(w)]))
     assert empty[0, 0] == 0.0
-    union = keras.ops.convert_to_numpy(rp.SoftUnion()([np.full((1, 1), 0.5), np.full((1, 1),
+    union = keras.ops.convert_to_numpy(rl.SoftUnion()([np.full((1, 1), 0.5), np.full((1, 1),
                                                                                         0.5)]))
     assert union[0, 0] == pytest.approx(0.75)
 
@@ -229,7 +231,7 @@ def _assert_round_trip(model: keras.Model, x: dict, path) -> None:
 @pytest.mark.parametrize("comparison", ["abs_diff", "concat"])
 def test_comparison_modes_build_and_round_trip(comparison, tmp_path):
     model = _build("full", comparison=comparison)
-    layer_type = rp.AbsDifference if comparison == "abs_diff" else keras.layers.Concatenate
+    layer_type = rl.AbsDifference if comparison == "abs_diff" else keras.layers.Concatenate
     assert isinstance(model.get_layer("join_bottleneck_" + comparison.replace("_", "")),
                       layer_type)
     x, _ = _data(rp.VARIANTS["full"])
@@ -290,14 +292,14 @@ def test_dice_loss_on_known_inputs():
     mask[:, 1:3, 2:6, 2:6] = 1.0
     other = np.zeros_like(mask)
     other[:, 0, 0:2, 0:2] = 1.0
-    perfect = keras.ops.convert_to_numpy(rp.soft_dice_loss(mask, mask))
-    disjoint = keras.ops.convert_to_numpy(rp.soft_dice_loss(mask, other))
+    perfect = keras.ops.convert_to_numpy(rl.soft_dice_loss(mask, mask))
+    disjoint = keras.ops.convert_to_numpy(rl.soft_dice_loss(mask, other))
     assert perfect.shape == (2,)
     np.testing.assert_allclose(perfect, 0.0, atol=1e-6)
     np.testing.assert_allclose(disjoint, 1 - 1 / (32 + 4 + 1), rtol=1e-6)  # ~1
-    dice_only = rp.DiceBCELoss(bce_weight=0.0)
+    dice_only = rl.DiceBCELoss(bce_weight=0.0)
     assert float(dice_only(mask, other)) == pytest.approx(float(disjoint.mean()), rel=1e-5)
-    metric = rp.DiceMetric()
+    metric = rl.DiceMetric()
     metric.update_state(mask, mask)
     assert float(metric.result()) == pytest.approx(1.0)
     metric.update_state(mask, other)
@@ -308,11 +310,11 @@ def test_weighted_bce_matches_keras_bce_at_weight_one():
     y_true = np.array([[1.0], [0.0], [1.0]], dtype="float32")
     y_pred = np.array([[0.8], [0.3], [0.4]], dtype="float32")
     plain = float(keras.losses.BinaryCrossentropy()(y_true, y_pred))
-    assert float(rp.WeightedBCELoss(1.0)(y_true, y_pred)) == pytest.approx(plain, rel=1e-4)
+    assert float(rl.WeightedBCELoss(1.0)(y_true, y_pred)) == pytest.approx(plain, rel=1e-4)
     expected = -(3 * np.log(0.8) + np.log(0.7) + 3 * np.log(0.4)) / 3
-    assert float(rp.WeightedBCELoss(3.0)(y_true, y_pred)) == pytest.approx(expected, rel=1e-4)
-    config = rp.WeightedBCELoss(3.0).get_config()
-    assert rp.WeightedBCELoss.from_config(config).pos_weight == 3.0
+    assert float(rl.WeightedBCELoss(3.0)(y_true, y_pred)) == pytest.approx(expected, rel=1e-4)
+    config = rl.WeightedBCELoss(3.0).get_config()
+    assert rl.WeightedBCELoss.from_config(config).pos_weight == 3.0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -321,17 +323,17 @@ def test_flops_of_one_conv_match_hand_count():
     out = keras.layers.Conv3D(3, 3, padding="same")(inp)
     out = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling3D()(out))
     tiny = keras.Model(inp, out)
-    assert rp.count_flops(tiny) == 2 * 27 * 2 * 3 * (4 * 8 * 8) + 2 * 3 * 5
+    assert architecture.count_flops(tiny) == 2 * 27 * 2 * 3 * (4 * 8 * 8) + 2 * 3 * 5
     strided = keras.Model(inp, keras.layers.Conv3D(6, 3, strides=(1, 2, 2), padding="same")(inp))
-    assert rp.count_flops(strided) == 2 * 27 * 2 * 6 * (4 * 4 * 4)
+    assert architecture.count_flops(strided) == 2 * 27 * 2 * 6 * (4 * 4 * 4)
 
 
 def test_flops_count_both_branches(full, untied):
-    flops = rp.count_flops(full)
-    assert flops == rp.count_flops(TINY, SHAPE)  # config form gives the same
-    assert flops == rp.count_flops(untied)  # tied or not: same arithmetic
+    flops = architecture.count_flops(full)
+    assert flops == architecture.count_flops(TINY, SHAPE)  # config form gives the same
+    assert flops == architecture.count_flops(untied)  # tied or not: same arithmetic
     (backbone,) = _backbones(full)
-    assert 2 * rp.count_flops(backbone) < flops < 2.2 * rp.count_flops(backbone)
+    assert 2 * architecture.count_flops(backbone) < flops < 2.2 * architecture.count_flops(backbone)
 
 
 def test_receptive_field_hand_computed():
@@ -342,7 +344,7 @@ def test_receptive_field_hand_computed():
 
 
 def test_block_table_accounts_for_every_parameter(full):
-    table = rp.block_table(full)
+    table = architecture.block_table(full)
     assert list(table.columns) == ["component", "block", "output_shape", "params"]
     assert table["params"].sum() == full.count_params()
     assert {"join_encoder", "join_bottleneck", "join_deep_supervision", "pcr"} <= set(
@@ -354,6 +356,6 @@ def test_draw_architecture_returns_a_figure():
     import matplotlib.pyplot as plt
 
     for variant in ("full", "pre_only", "untied", "bottleneck_join"):
-        fig = rp.draw_architecture(None, depth=4, base_filters=8, variant=variant)
+        fig = architecture.draw_architecture(None, depth=4, base_filters=8, variant=variant)
         assert len(fig.axes[0].patches) > 10
         plt.close(fig)

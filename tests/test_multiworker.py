@@ -33,10 +33,11 @@ _WORKER = """
     sys.path.insert(0, sys.argv[1])
     from utils import train as tr
     device = tr.setup_device()  # first: the strategy configures TensorFlow at start-up
-    from test_train import CFG, paths_under, tiny_profile
+    from synthetic import CFG, paths_under, tiny_profile
+    from utils.data import prepare_data
     root, index = Path(sys.argv[2]), int(sys.argv[3])
     paths = paths_under(root, f"worker{index}")
-    result = tr.fit_variant("full", tr.prepare_data(tiny_profile(), paths), tiny_profile(),
+    result = tr.fit_variant("full", prepare_data(tiny_profile(), paths), tiny_profile(),
                             CFG, paths, resume=False)
     print(json.dumps({"replicas": device.replicas, "model": str(result.model_path),
                       "epochs": result.epochs_run}))
@@ -83,8 +84,7 @@ def _launch(root: Path) -> list[dict]:
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], Path]:
     if keras.backend.backend() != "tensorflow":
         pytest.skip("MultiWorkerMirroredStrategy needs the TensorFlow backend")
-    sys.path.insert(0, str(TESTS))
-    from test_train import write_synthetic_cohort
+    from tests.synthetic import write_synthetic_cohort
 
     root = tmp_path_factory.mktemp("multiworker")
     write_synthetic_cohort(root)
@@ -99,7 +99,7 @@ def test_two_workers_train_in_sync_and_agree(two_workers):
     assert [r["epochs"] for r in results] == [2, 2]
     for index in range(2):
         state = json.loads((root / f"worker{index}" / "checkpoints" / "full" /
-                            "state.json").read_text())
+                            "epoch_002.json").read_text())
         assert state["done"] and state["epoch"] == 2
     chief, other = (keras.saving.load_model(r["model"], compile=False) for r in results)
     assert len(chief.weights) == len(other.weights) > 0

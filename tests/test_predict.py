@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,11 @@ import SimpleITK as sitk
 from utils import config
 from utils import predict as pr
 from utils import train as tr
+from utils.cache import load_cached, run_preprocessing
+from utils.data import processed_ok
 from utils.manifest import exam_files, load_manifest, read_image
-from utils.preprocess import load_cached, roi_to_original, run_preprocessing
+from utils.modelcard import read_model_card, score_from_card
+from utils.preprocess import roi_to_original
 
 
 def tiny_profile() -> config.Profile:
@@ -25,11 +30,11 @@ def tiny_profile() -> config.Profile:
 
 @pytest.fixture(scope="module")
 def trained(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory
-            ) -> tuple[config.Profile, tr.TrainPaths]:
+            ) -> tuple[config.Profile, config.Paths]:
     """The tiny cohort preprocessed and a one-step ``full`` model trained on it."""
     root = tmp_path_factory.mktemp("predict")
     prof = tiny_profile()
-    paths = tr.TrainPaths(tiny_cohort, root / "cache", root / "run", root / "run" / "results")
+    paths = config.Paths(tiny_cohort, root / "cache", root / "run", root / "run" / "results")
     table = run_preprocessing(tiny_cohort, paths.cache_dir, prof, workers=2, progress=False)
     assert (table["status"] == "ok").sum() >= 4, table[["patient_id", "error"]]
     tr.train_all(prof, ("full",), tr.TrainConfig(epochs=1, steps_per_epoch=1), paths,
@@ -37,8 +42,8 @@ def trained(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory
     return prof, paths
 
 
-def _ok_patients(paths: tr.TrainPaths) -> list[str]:
-    return sorted(tr.processed_ok(paths.cache_dir))
+def _ok_patients(paths: config.Paths) -> list[str]:
+    return sorted(processed_ok(paths.cache_dir))
 
 
 def _dice(a: sitk.Image, b: sitk.Image) -> float:
@@ -81,8 +86,8 @@ def test_predict_patient_end_to_end_returns_masks_in_original_space(tiny_cohort,
         mask = result[f"mask_{tp}"]
         assert mask.GetPixelID() == sitk.sitkUInt8
         assert _same_grid(mask, read_image(exams[tp]["T2W"]))
-    card = tr.read_model_card(model)
-    expected = tr.score_from_card(np.array([result["pcr_raw"]]), card)[0]
+    card = read_model_card(model)
+    expected = score_from_card(np.array([result["pcr_raw"]]), card)[0]
     assert result["pcr_probability"] == pytest.approx(expected)
 
 
@@ -125,3 +130,13 @@ def test_cli_writes_nifti_masks_and_json(tiny_cohort, trained, tmp_path):
     mask = sitk.ReadImage(str(tmp_path / "out" / "mask_pre.nii.gz"))
     assert _same_grid(mask, read_image(exams["pre"]["T2W"]))
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
+
+
+def test_inference_modules_import_neither_keras_nor_training():
+    """utils.predict, the model card, batch inference and the evaluation's scoring load
+    without Keras and without utils.train (a fresh process: this one has both)."""
+    code = ("import sys, utils.predict, utils.modelcard, utils.inference, utils.scoring; "
+            "print(sorted(m for m in ('keras', 'utils.train', 'utils.data') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=config.ROOT, capture_output=True,
+                          text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"

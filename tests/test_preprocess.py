@@ -1,22 +1,22 @@
-"""Tests of utils.preprocess on small analytic pelvis phantoms (fast, self-contained)."""
+"""Tests of the per-pair pipeline (utils.preprocess, utils.intensity, utils.roi) on small
+analytic pelvis phantoms (fast, self-contained). The cache and batch run: test_cache.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import SimpleITK as sitk
 
 from utils import preprocess as pp
 from utils import registration
 from utils.config import SEQUENCES, get_profile, with_overrides
-from utils.io import sha256_file
-from utils.manifest import ManifestError
+from utils.errors import RegistrationError, RoiError
+from utils.geometry import image_from_geometry, resample, resample_mask
+from utils.intensity import n4_correct, normalise
+from utils.roi import crop_padded, tumour_box
 
 # Target grid and ROI of the tests: coarser than any profile, so each pair takes < 1 s.
 PROFILE = with_overrides(get_profile("smoke"), name="test", spacing_zyx=(4.0, 3.0, 3.0),
@@ -183,7 +183,7 @@ def test_registration_is_deterministic(exams, pair):
 
 
 def test_transform_round_trips_through_meta_and_file(pair, tmp_path):
-    from_meta = pp.transform_from_meta(json.loads(json.dumps(pair.meta)))
+    from_meta = registration.transform_from_meta(json.loads(json.dumps(pair.meta)))
     assert np.allclose(from_meta.GetParameters(), pair.transform.GetParameters())
     sitk.WriteTransform(pair.transform, str(tmp_path / "t.tfm"))
     read = sitk.ReadTransform(str(tmp_path / "t.tfm"))
@@ -194,7 +194,7 @@ def test_transform_round_trips_through_meta_and_file(pair, tmp_path):
 def test_failed_registration_is_an_error_naming_the_patient(exams):
     (pre, pre_mask, _), (post, post_mask, _) = exams["pre"], exams["post"]
     strict = dataclasses.replace(PARAMS, qc_max_rotation_deg=1.0)  # POST is rotated ~5 deg
-    with pytest.raises(pp.RegistrationError, match="patient P-bad: registration QC failed"):
+    with pytest.raises(RegistrationError, match="patient P-bad: registration QC failed"):
         pp.preprocess_pair(pre, post, pre_mask, post_mask, strict, patient_id="P-bad")
 
 
@@ -216,10 +216,11 @@ def test_flagged_registration_is_retried_with_the_fallback(exams, monkeypatch):
 def test_registration_flags_without_raising_when_asked():
     qc = {"metric_before": -0.5, "metric_after": -0.4, "dice_before": 0.9, "dice_after": 0.5,
           "translation_mm": 40.0, "rotation_deg": 25.0}
-    flags = pp.registration_flags(qc, PARAMS)
+    flags = registration.registration_flags(qc, PARAMS)
     assert len(flags) == 4
-    assert pp.registration_flags({**qc, "metric_after": -0.8, "dice_after": 0.95,
-                                  "translation_mm": 5.0, "rotation_deg": 3.0}, PARAMS) == []
+    assert registration.registration_flags({**qc, "metric_after": -0.8, "dice_after": 0.95,
+                                            "translation_mm": 5.0, "rotation_deg": 3.0},
+                                           PARAMS) == []
 
 
 # ---------------------------------------------------------------- N4
@@ -239,7 +240,7 @@ def test_n4_lowers_cv_of_a_homogeneous_region():
     signal = inside * 800.0 * field + rng.normal(0, 8.0, inside.shape)
     image = _image(np.abs(signal).astype(np.float32), spacing, origin)
     core = np.hypot(p[..., 0] / 80, p[..., 1] / 65) < 1
-    corrected, bias = pp.n4_correct(image, PARAMS)
+    corrected, bias = n4_correct(image, PARAMS)
     before, after = _cv(image, core), _cv(corrected, core)
     assert after < 0.4 * before, (before, after)
     assert bias.GetSize() == image.GetSize()
@@ -247,10 +248,10 @@ def test_n4_lowers_cv_of_a_homogeneous_region():
 
 # ---------------------------------------------------------------- normalisation
 def _roi_labels(labels: sitk.Image, pair: pp.PreprocessedPair) -> np.ndarray:
-    ref = pp.image_from_geometry(pair.meta["reference"])
-    array = sitk.GetArrayFromImage(pp.resample(labels, ref, None, sitk.sitkNearestNeighbor,
-                                               sitk.sitkUInt8))
-    return pp.crop_padded(array, pair.meta["roi"]["start_zyx"], PARAMS.roi_zyx)[0]
+    ref = image_from_geometry(pair.meta["reference"])
+    array = sitk.GetArrayFromImage(resample(labels, ref, None, sitk.sitkNearestNeighbor,
+                                            sitk.sitkUInt8))
+    return crop_padded(array, pair.meta["roi"]["start_zyx"], PARAMS.roi_zyx)[0]
 
 
 def test_normalised_tissue_values_agree_across_centres():
@@ -289,20 +290,20 @@ def test_normalise_is_scale_invariant():
     rng = np.random.default_rng(0)
     array = rng.gamma(3.0, 100.0, size=(8, 16, 16)).astype(np.float32)
     mask = sitk.GetImageFromArray(np.ones(array.shape, np.uint8))
-    a, _ = pp.normalise(sitk.GetImageFromArray(array), mask, (0.5, 99.5))
-    b, _ = pp.normalise(sitk.GetImageFromArray(array * 4.0), mask, (0.5, 99.5))
+    a, _ = normalise(sitk.GetImageFromArray(array), mask, (0.5, 99.5))
+    b, _ = normalise(sitk.GetImageFromArray(array * 4.0), mask, (0.5, 99.5))
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 # ---------------------------------------------------------------- ROI
 def test_crop_keeps_the_whole_tumour(pair, exams):
-    ref = pp.image_from_geometry(pair.meta["reference"])
-    full = sitk.GetArrayFromImage(pp.resample_mask(exams["pre"][1], ref))
+    ref = image_from_geometry(pair.meta["reference"])
+    full = sitk.GetArrayFromImage(resample_mask(exams["pre"][1], ref))
     assert pair.mask_pre.sum() == full.sum() > 0
     assert pair.image_pre.shape == (*PARAMS.roi_zyx, len(SEQUENCES))
     assert pair.image_pre.dtype == np.float32 and pair.mask_pre.dtype == np.uint8
     assert pair.meta["roi"]["padded"] is False
-    lo, hi = pp.tumour_box(pair.mask_pre)
+    lo, hi = tumour_box(pair.mask_pre)
     centre = (lo + hi) / 2
     assert np.all(np.abs(centre - (np.array(PARAMS.roi_zyx) - 1) / 2) <= 1.0)
 
@@ -323,7 +324,7 @@ def test_crop_near_the_edge_is_padded_and_recorded():
 
 def test_crop_padded_does_not_shift():
     array = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)
-    crop, padding = pp.crop_padded(array, (-2, 1, 4), (4, 4, 4), pad_value=-1.0)
+    crop, padding = crop_padded(array, (-2, 1, 4), (4, 4, 4), pad_value=-1.0)
     assert padding == [[2, 0], [0, 0], [0, 1]]
     np.testing.assert_array_equal(crop[2:, :, :3], array[0:2, 1:5, 4:7])
     assert np.all(crop[:2] == -1) and np.all(crop[:, :, 3] == -1)
@@ -332,20 +333,20 @@ def test_crop_padded_does_not_shift():
 def test_tumour_larger_than_the_box_is_an_error_naming_the_patient(exams):
     (pre, pre_mask, _), (post, post_mask, _) = exams["pre"], exams["post"]
     small = dataclasses.replace(PARAMS, roi_zyx=(4, 6, 6))
-    with pytest.raises(pp.RoiError, match=r"patient P-big.*does not fit"):
+    with pytest.raises(RoiError, match=r"patient P-big.*does not fit"):
         pp.preprocess_pair(pre, post, pre_mask, post_mask, small, patient_id="P-big")
 
 
 def test_inference_without_masks_uses_the_given_centre(exams, pair):
     (pre, _, _), (post, _, _) = exams["pre"], exams["post"]
-    ref = pp.image_from_geometry(pair.meta["reference"])
+    ref = image_from_geometry(pair.meta["reference"])
     centre_zyx = np.asarray(pair.meta["roi"]["center_zyx"])
     centre_mm = ref.TransformContinuousIndexToPhysicalPoint(tuple(centre_zyx[::-1].tolist()))
     out = pp.preprocess_pair(pre, post, None, None, PARAMS, roi_center_mm=centre_mm)
     assert out.mask_pre is None and out.meta["roi"]["source"] == "roi_center_mm"
     assert out.meta["roi"]["start_zyx"] == pair.meta["roi"]["start_zyx"]
     np.testing.assert_allclose(out.image_pre, pair.image_pre, atol=1e-5)
-    with pytest.raises(pp.RoiError, match="patient new"):
+    with pytest.raises(RoiError, match="patient new"):
         pp.preprocess_pair(pre, post, None, None, PARAMS)
 
 
@@ -378,195 +379,22 @@ def test_roi_to_original_post_needs_the_inverse_transform(pair, exams):
         sitk.GetArrayFromImage(naive), truth) + 0.1
 
 
-# ---------------------------------------------------------------- batch run and cache
-def write_cohort(folder: Path, n: int = 2) -> Path:
-    """A manifest (docs/CONTRACTS.md columns) of ``n`` synthetic patients."""
-    rows = []
-    for i in range(n):
-        pid = f"P{i + 1:02d}"
-        exams = {"pre": Exam(seed=20 + i), "post": Exam(angles_deg=(0, 0, 2.0),
-                                                         shift_mm=(3.0, 2.0, 0), seed=40 + i)}
-        for tp, exam in exams.items():
-            images, mask, _ = make_exam(exam)
-            (folder / pid).mkdir(parents=True, exist_ok=True)
-            sitk.WriteImage(mask, str(folder / pid / f"{tp}_mask.nii.gz"), True)
-            for seq in SEQUENCES:
-                sitk.WriteImage(images[seq], str(folder / pid / f"{tp}_{seq}.nii.gz"), True)
-                rows.append({"patient_id": pid, "cohort": "training", "centre": "A",
-                             "timepoint": tp, "sequence": seq,
-                             "image_path": f"{pid}/{tp}_{seq}.nii.gz",
-                             "mask_path": f"{pid}/{tp}_mask.nii.gz", "pcr": i % 2})
-    table = pd.DataFrame(rows)
-    for col in ("cea_pre", "cea_post", "ca199_pre", "ca199_post"):
-        table[col] = 1.0
-    table["image_sha256"] = [sha256_file(folder / p) for p in table["image_path"]]
-    table["mask_sha256"] = [sha256_file(folder / p) for p in table["mask_path"]]
-    table.to_csv(folder / "manifest.csv", index=False)
-    return folder / "manifest.csv"
-
-
-@pytest.fixture(scope="module")
-def cohort_dir(tmp_path_factory) -> Path:
-    return write_cohort(tmp_path_factory.mktemp("cohort")).parent
-
-
-@pytest.fixture(scope="module")
-def cold_cache(cohort_dir, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
-    """A serial cold run of the two-patient cohort (shared; tests work on copies)."""
-    out = tmp_path_factory.mktemp("cold") / "cache"
-    return out, _run(cohort_dir / "manifest.csv", out)
-
-
-def _copy(cache: Path, target: Path) -> Path:
-    shutil.copytree(cache, target)  # copy2: keeps modification times
-    return target
-
-
-def _mtimes(folder: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.npz")}
-
-
-def _run(manifest: Path, out: Path, params=PARAMS, workers=1) -> pd.DataFrame:
-    return pp.run_preprocessing(manifest, out, PROFILE, workers=workers, params=params,
-                                progress=False)
-
-
-def test_cache_cold_warm_and_parameter_change(cohort_dir, cold_cache, tmp_path):
-    manifest, (cold_dir, cold) = cohort_dir / "manifest.csv", cold_cache
-    assert list(cold["status"]) == ["ok", "ok"] and not cold["cached"].any()
-    assert (cold_dir / "processed.csv").exists() and (cold_dir / "P01_post_to_pre.tfm").exists()
-    data = pp.load_cached(cold_dir / "P01.npz")
-    assert data["image_pre"].shape == (*PARAMS.roi_zyx, 2) and data["image_pre"].dtype == np.float32
-    assert data["mask_post"].dtype == np.uint8 and data["spacing_zyx"].tolist() == [4.0, 3.0, 3.0]
-    assert data["meta"]["cache_key"] == cold.loc[0, "cache_key"]
-    out = _copy(cold_dir, tmp_path / "cache")
-    first = _mtimes(out)
-
-    warm = _run(manifest, out)
-    assert warm["cached"].all() and _mtimes(out) == first
-    assert warm["cache_key"].tolist() == cold["cache_key"].tolist()
-    timings = ["cached", "seconds", "step_seconds"]  # only a computed row has step timings
-    assert warm.drop(columns=timings).equals(cold.drop(columns=timings))
-
-    changed = _run(manifest, out, dataclasses.replace(PARAMS, clip_percentiles=(1.0, 99.0)))
-    assert not changed["cached"].any()
-    assert all(_mtimes(out)[k] != first[k] for k in first)
-    assert set(changed["cache_key"]).isdisjoint(cold["cache_key"])
-
-
-def test_interrupted_write_leaves_no_corrupt_file_and_rerun_completes(cohort_dir, cold_cache,
-                                                                      tmp_path, monkeypatch):
-    manifest = cohort_dir / "manifest.csv"
-    out = _copy(cold_cache[0], tmp_path / "cache")
-    for name in ("P01.npz", "P01.json"):  # P01 still to do, P02 done
-        (out / name).unlink()
-    real = np.lib.format.write_array
-
-    def crash(handle, array, **kwargs):
-        handle.write(b"\x93NUMPY partial")
-        raise OSError("disk went away")
-
-    monkeypatch.setattr(np.lib.format, "write_array", crash)
-    broken = _run(manifest, out).set_index("patient_id")
-    assert broken.loc["P01", "status"] == "error" and "patient P01" in broken.loc["P01", "error"]
-    assert broken.loc["P02", "status"] == "ok" and broken.loc["P02", "cached"]
-    assert not (out / "P01.npz").exists() and not list(out.glob(".*"))
-    monkeypatch.setattr(np.lib.format, "write_array", real)
-
-    (out / ".P01.killed1.npz").write_bytes(b"left by a killed worker")  # temp of a kill -9
-    good = _run(manifest, out).set_index("patient_id")
-    assert (good["status"] == "ok").all() and not good.loc["P01", "cached"]
-    assert not list(out.glob(".*"))
-    pp.load_cached(out / "P01.npz")
-
-    npz = out / "P02.npz"
-    good_bytes = npz.read_bytes()
-    npz.write_bytes(good_bytes[: len(good_bytes) // 2])  # final file damaged after the fact
-    with pytest.raises(pp.CacheError, match=f"patient P02: cache file {npz}"):
-        pp.load_cached(npz)
-    (out / "P01_post_to_pre.tfm").write_text("#Insight Transform File V1.0\n")  # truncated
-    again = _run(manifest, out).set_index("patient_id")
-    assert not again.loc["P02", "cached"] and not again.loc["P01", "cached"]
-    assert npz.read_bytes() == good_bytes  # recomputed, byte for byte
-    sitk.ReadTransform(str(out / "P01_post_to_pre.tfm"))
-
-
-def test_identical_inputs_give_byte_identical_cache_files(cohort_dir, cold_cache, tmp_path):
-    """No timings or timestamps inside cached files: checksums confirm a cache."""
-    again = _run(cohort_dir / "manifest.csv", tmp_path / "again")
-    assert not again["cached"].any()
-    cold_dir = cold_cache[0]
-    for name in ("P01.npz", "P01.json", "P01_post_to_pre.tfm", "P02.npz"):
-        assert (tmp_path / "again" / name).read_bytes() == (cold_dir / name).read_bytes(), name
-    assert json.loads(again.loc[0, "step_seconds"])["registration_s"] > 0  # timings: table
-
-
-def test_bad_input_stops_the_run_before_anything_is_written(tmp_path):
-    broken_dir = tmp_path / "broken"
-    manifest = write_cohort(broken_dir, n=1)
-    bad = broken_dir / "P01" / "post_DWI.nii.gz"
-    bad.write_bytes(b"not an image")
-    with pytest.raises(ManifestError) as error:
-        _run(manifest, tmp_path / "cache")
-    assert "patient P01" in str(error.value) and str(bad) in str(error.value)
-    assert not (tmp_path / "cache").exists()
-
-
-def test_parallel_run_matches_the_serial_run(cohort_dir, cold_cache, tmp_path):
-    parallel = _run(cohort_dir / "manifest.csv", tmp_path / "parallel", workers=2)
-    cold_dir, serial = cold_cache
-    assert parallel["cache_key"].tolist() == serial["cache_key"].tolist()
-    assert not parallel["cached"].any()
-    for pid in ("P01", "P02"):
-        a = pp.load_cached(cold_dir / f"{pid}.npz")
-        b = pp.load_cached(tmp_path / "parallel" / f"{pid}.npz")
-        for name in ("image_pre", "image_post", "mask_pre", "mask_post"):
-            np.testing.assert_array_equal(a[name], b[name])
-
-
-def test_cli_passes_its_arguments(monkeypatch, tmp_path):
-    seen = {}
-
-    def fake(manifest, out, profile, workers, params, progress=True):
-        seen.update(manifest=manifest, out=out, profile=profile.name, workers=workers,
-                    spacing=params.spacing_zyx, roi=params.roi_zyx)
-        return pd.DataFrame({"status": ["ok"]})
-
-    monkeypatch.setattr(pp, "run_preprocessing", fake)
-    code = pp.main(["--manifest", "m.csv", "--out", str(tmp_path), "--profile", "smoke",
-                    "--workers", "3", "--no-progress", "--spacing", "4,2,2",
-                    "--roi", "80,81,80mm"])
-    assert code == 0
-    assert seen == {"manifest": Path("m.csv"), "out": tmp_path, "profile": "smoke", "workers": 3,
-                    "spacing": (4.0, 2.0, 2.0), "roi": (20, 41, 40)}
-
-
-def test_geometry_options_enter_the_cache_key_and_thin_volumes_are_warned(cohort_dir, cold_cache,
-                                                                          tmp_path):
-    tall = dataclasses.replace(PARAMS, roi_zyx=(48, 24, 24))  # 192 mm box, 80 mm volume
-    table = _run(cohort_dir / "manifest.csv", tmp_path / "tall", params=tall)
-    assert set(table["cache_key"]).isdisjoint(cold_cache[1]["cache_key"])
-    assert (table["status"] == "ok").all()
-    assert "z extent 80 mm is less than half the ROI box's 192 mm" in table.loc[0, "warnings"]
-    assert cold_cache[1]["warnings"].fillna("").eq("").all()
-    meta = pp.load_cached(tmp_path / "tall" / "P01.npz")["meta"]
-    assert meta["params"]["roi_zyx"] == [48, 24, 24] and meta["warnings"]
-
-
 # ---------------------------------------------------------------- the phantom cohort
 def test_phantom_patient_end_to_end(tmp_path):
     """One smoke-profile phantom patient (utils.cohort): registration within one target
     voxel of the known repositioning, and masks mapped back overlap the originals."""
-    cohort = pytest.importorskip("utils.cohort")
+    from utils import cohort, phantom
+
     profile = get_profile("smoke")
     rows = cohort.generate_patient(profile, "TR001", "training", "A", tmp_path)
     files = {(r["timepoint"], r["sequence"]): r for r in rows}
-    images = {tp: {s: sitk.ReadImage(str(files[tp, s]["image_path"])) for s in SEQUENCES}
-              for tp in ("pre", "post")}
-    masks = {tp: sitk.ReadImage(str(files[tp, "T2W"]["mask_path"])) for tp in ("pre", "post")}
+    images = {timepoint: {seq: sitk.ReadImage(str(files[timepoint, seq]["image_path"]))
+                          for seq in SEQUENCES} for timepoint in ("pre", "post")}
+    masks = {timepoint: sitk.ReadImage(str(files[timepoint, "T2W"]["mask_path"]))
+             for timepoint in ("pre", "post")}
     out = pp.preprocess_pair(images["pre"], images["post"], masks["pre"], masks["post"],
                              profile, patient_id="TR001")
-    draw = cohort.draw_patient(profile, "TR001", "training", "A")
+    draw = phantom.draw_patient(profile, "TR001", "training", "A")
     (r_pre, t_pre), (r_post, t_post) = draw.poses["pre"], draw.poses["post"]
     centre = r_pre @ draw.anatomy.tumour_centre + t_pre
     corners = np.array(np.meshgrid([-40, 40], [-40, 40], [-20, 20])).reshape(3, -1).T
@@ -574,6 +402,6 @@ def test_phantom_patient_end_to_end(tmp_path):
                              - (r_post @ (r_pre.T @ (p - t_pre)) + t_post))
               for p in centre + corners]
     assert max(errors) < max(profile.spacing_zyx), errors
-    for tp, roi_mask in (("pre", out.mask_pre), ("post", out.mask_post)):
-        back = sitk.GetArrayFromImage(pp.roi_to_original(roi_mask, out, tp))
-        assert _dice(back, sitk.GetArrayFromImage(masks[tp])) > 0.8
+    for timepoint, roi_mask in (("pre", out.mask_pre), ("post", out.mask_post)):
+        back = sitk.GetArrayFromImage(pp.roi_to_original(roi_mask, out, timepoint))
+        assert _dice(back, sitk.GetArrayFromImage(masks[timepoint])) > 0.8

@@ -7,16 +7,19 @@ import dataclasses
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from tests import test_preprocess as tp
+from tests import test_preprocess as analytic
 from tests.test_preprocess import PARAMS, PRE, Exam, make_exam, true_transform_point
-from utils import cohort
+from utils import cache, phantom
 from utils import preprocess as pp
 from utils import registration as rg
+from utils.config import get_profile
+from utils.errors import RegistrationError
 
-SMOKE = pp.get_profile("smoke")
+SMOKE = get_profile("smoke")
 SMOKE_PARAMS = pp.PreprocessParams.from_profile(SMOKE)
 MOVED = Exam(angles_deg=(4.0, -3.0, 5.0), shift_mm=(7.0, -5.0, 4.0), seed=8)  # ~10 mm, 7 deg
 APART = Exam(shift_mm=(300.0, 0.0, 0.0), fov_offset_mm=(300.0, 0.0, 0.0), seed=9)
@@ -33,45 +36,45 @@ def run(pre: Exam, post: Exam, params: pp.PreprocessParams = PARAMS, patient_id:
 
 def analytic_error(pair: pp.PreprocessedPair, pre: Exam, post: Exam) -> float:
     """Error (mm) of the transform at the analytic phantom's tumour centre."""
-    point = pre.to_scanner(tp.TUMOUR_CENTRE)
+    point = pre.to_scanner(analytic.TUMOUR_CENTRE)
     return float(np.linalg.norm(np.array(pair.transform.TransformPoint(tuple(map(float, point))))
                                 - true_transform_point(pre, post, point)))
 
 
 # ---------------------------------------------------------------- smoke phantom helpers
-def smoke_draw(patient_id: str) -> cohort.PatientDraw:
-    return cohort.draw_patient(SMOKE, patient_id, "training", "A")
+def smoke_draw(patient_id: str) -> phantom.PatientDraw:
+    return phantom.draw_patient(SMOKE, patient_id, "training", "A")
 
 
-def smoke_exam(draw: cohort.PatientDraw, timepoint: str = "pre",
-               t2w: cohort.Acquisition | None = None
+def smoke_exam(draw: phantom.PatientDraw, timepoint: str = "pre",
+               t2w: phantom.Acquisition | None = None
                ) -> tuple[dict[str, sitk.Image], sitk.Image]:
     """Sequences and T2W tumour mask of one phantom exam (centre A grids unless ``t2w``)."""
-    grids = {s: cohort.CENTRES["A"][s].scaled(SMOKE.phantom_resolution) for s in ("T2W", "DWI")}
+    grids = {s: phantom.CENTRES["A"][s].scaled(SMOKE.phantom_resolution) for s in ("T2W", "DWI")}
     grids["T2W"] = t2w or grids["T2W"]
-    acquired = {s: cohort.acquire(draw, timepoint, s, acq) for s, acq in grids.items()}
+    acquired = {s: phantom.acquire(draw, timepoint, s, acq) for s, acq in grids.items()}
     return {s: image for s, (image, _) in acquired.items()}, acquired["T2W"][1]
 
 
-def moved_copy(draw: cohort.PatientDraw) -> cohort.PatientDraw:
+def moved_copy(draw: phantom.PatientDraw) -> phantom.PatientDraw:
     """The same patient and lesion (pre-treatment) after the rigid motion :data:`MOTION`
     (own noise: another patient id seeds it); acquire it as its ``"pre"`` exam."""
     rotation, translation = draw.poses["pre"]
-    r = cohort.rotation_matrix(MOTION[0])
+    r = phantom.rotation_matrix(MOTION[0])
     return dataclasses.replace(draw, patient_id=f"{draw.patient_id}-moved", poses={
         **draw.poses, "pre": (r @ rotation, r @ translation + MOTION[1])})
 
 
-def smoke_error(pair: pp.PreprocessedPair, draw: cohort.PatientDraw) -> np.ndarray:
+def smoke_error(pair: pp.PreprocessedPair, draw: phantom.PatientDraw) -> np.ndarray:
     """Error (x, y, z mm) of the transform at the tumour centre for :data:`MOTION`."""
     rotation, translation = draw.poses["pre"]
     centre = rotation @ draw.anatomy.tumour_centre + translation
-    truth = cohort.rotation_matrix(MOTION[0]) @ centre + MOTION[1]
+    truth = phantom.rotation_matrix(MOTION[0]) @ centre + MOTION[1]
     return np.array(pair.transform.TransformPoint(tuple(map(float, centre)))) - truth
 
 
 @pytest.fixture(scope="module")
-def moved() -> tuple[pp.PreprocessedPair, cohort.PatientDraw]:
+def moved() -> tuple[pp.PreprocessedPair, phantom.PatientDraw]:
     draw = smoke_draw("TR001")
     (pre, pre_mask), (post, post_mask) = smoke_exam(draw), smoke_exam(moved_copy(draw))
     return pp.preprocess_pair(pre, post, pre_mask, post_mask, SMOKE_PARAMS,
@@ -109,7 +112,7 @@ def test_an_aligned_pair_keeps_identity():
 def test_different_voxel_sizes_and_fewer_post_slices_register():
     """Post on another scanner grid covering 54 of the pre exam's 84 mm in z."""
     draw = smoke_draw("TR002")
-    other = cohort.Acquisition((1.7, 1.7, 4.5), (120, 110, 12), 2600.0, 16.0, 0.4)
+    other = phantom.Acquisition((1.7, 1.7, 4.5), (120, 110, 12), 2600.0, 16.0, 0.4)
     (pre, pre_mask), (post, post_mask) = smoke_exam(draw), smoke_exam(moved_copy(draw), t2w=other)
     pair = pp.preprocess_pair(pre, post, pre_mask, post_mask, SMOKE_PARAMS, patient_id="TR002")
     reg = pair.meta["registration"]
@@ -134,7 +137,7 @@ def test_exams_apart_are_an_error_naming_patient_and_files_before_itk(monkeypatc
     monkeypatch.setattr(sitk.ImageRegistrationMethod, "Execute", itk_must_not_run)
     files = {"pre_T2W": "P-apart/pre_T2W.nii.gz", "post_T2W": "P-apart/post_T2W.nii.gz"}
     params = dataclasses.replace(PARAMS, reg_init="identity")
-    with pytest.raises(pp.RegistrationError) as error:
+    with pytest.raises(RegistrationError) as error:
         run(PRE, APART, params, patient_id="P-apart", files=files)
     message = str(error.value)
     assert message.startswith("patient P-apart: the two exams do not overlap in physical space")
@@ -150,7 +153,7 @@ def test_itk_exceptions_become_plain_errors(monkeypatch):
 
     monkeypatch.setattr(sitk.ImageRegistrationMethod, "Execute", itk_fails)
     fixed, moving = make_exam(PRE)[0]["T2W"], make_exam(MOVED)[0]["T2W"]
-    with pytest.raises(pp.RegistrationError) as error:
+    with pytest.raises(RegistrationError) as error:
         rg.register_rigid(fixed, moving, PARAMS, names=rg.Names("P-itk"))
     assert str(error.value) == (
         "patient P-itk: too few overlapping voxels between the two exams [pre T2W vs post T2W]"
@@ -179,7 +182,7 @@ def test_another_patients_post_exam_is_flagged_by_the_local_check(wrong_patient)
 def test_mode_flag_records_the_flags_without_raising(wrong_patient):
     reg = wrong_patient.meta["registration"]
     assert reg["mode"] == "flag" and reg["status"] == "failed" and reg["attempt"] == 2
-    assert reg["earlier_flags"] and pp.registration_flags(reg, SMOKE_PARAMS) == reg["flags"]
+    assert reg["earlier_flags"] and rg.registration_flags(reg, SMOKE_PARAMS) == reg["flags"]
     json.dumps(wrong_patient.meta, allow_nan=False)  # plain JSON: no NaN or infinity
 
 
@@ -216,7 +219,7 @@ def test_pyramid_is_capped_for_thin_slabs_only():
 
 
 def test_a_thin_slab_registers(monkeypatch):
-    monkeypatch.setitem(tp.T2W_GRID, "size", (80, 80, 6))  # 24 mm slabs, both exams
+    monkeypatch.setitem(analytic.T2W_GRID, "size", (80, 80, 6))  # 24 mm slabs, both exams
     post = dataclasses.replace(MOVED, angles_deg=(0.0, 0.0, 3.0), shift_mm=(4.0, -3.0, 1.0))
     out = run(PRE, post, patient_id="P-slab")
     reg = out.meta["registration"]
@@ -230,14 +233,14 @@ def test_preprocessing_cli_passes_the_registration_mode(monkeypatch, tmp_path):
 
     def fake(manifest, out, profile, workers, params=None, progress=True):
         seen["mode"] = params.registration
-        return tp.pd.DataFrame({"status": ["ok"]})
+        return pd.DataFrame({"status": ["ok"]})
 
-    monkeypatch.setattr(pp, "run_preprocessing", fake)
-    assert pp.main(["--manifest", "m.csv", "--out", str(tmp_path), "--profile", "smoke",
-                    "--registration", "flag", "--no-progress"]) == 0
+    monkeypatch.setattr(cache, "run_preprocessing", fake)
+    assert cache.main(["--manifest", "m.csv", "--out", str(tmp_path), "--profile", "smoke",
+                       "--registration", "flag", "--no-progress"]) == 0
     assert seen == {"mode": "flag"}
     with pytest.raises(SystemExit):
-        pp.main(["--registration", "sometimes"])
+        cache.main(["--registration", "sometimes"])
 
 
 def test_prediction_cli_passes_the_registration_mode(monkeypatch, tmp_path):

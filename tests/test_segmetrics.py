@@ -144,3 +144,11 @@ def test_invalid_inputs():
         sm.dice(_grid(), _grid((5, 12, 11)))
     with pytest.raises(ValueError, match="different grids"):
         sm.hd95(_grid(), _grid((5, 12, 11)), (1.0, 1.0, 1.0))
+
+
+def test_largest_slice_of_arrays_and_images():
+    mask = _grid()
+    mask[1, 2:4, 2:4], mask[3, 2:7, 2:7] = 1, 255
+    assert sm.largest_slice(mask) == 3
+    assert sm.largest_slice(sitk.GetImageFromArray(mask)) == 3
+    assert sm.largest_slice(_grid()) == 2  # empty: the middle slice

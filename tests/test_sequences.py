@@ -15,10 +15,12 @@ import pytest
 import SimpleITK as sitk
 
 from tests.conftest import tiny_profile
+from utils import config
 from utils import manifest as mf
 from utils import predict as pr
 from utils import train as tr
-from utils.preprocess import load_cached, run_preprocessing
+from utils.cache import load_cached, run_preprocessing
+from utils.modelcard import read_model_card
 
 
 def _copy_cohort(tiny_cohort: Path, target: Path) -> Path:
@@ -52,13 +54,13 @@ def with_adc(tiny_cohort: Path, target: Path) -> Path:
 
 @pytest.fixture(scope="module", params=["t2w_only", "with_adc"])
 def cohort(request, tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory
-           ) -> tuple[str, Path, tr.TrainPaths]:
+           ) -> tuple[str, Path, config.Paths]:
     """A derived cohort, preprocessed and a one-step ``full`` model trained on it."""
     root = tmp_path_factory.mktemp(request.param)
     manifest = {"t2w_only": t2w_only, "with_adc": with_adc}[request.param](
         tiny_cohort, root / "cohort")
     assert mf.validate_manifest(manifest, workers=1) == []
-    paths = tr.TrainPaths(manifest, root / "cache", root / "run", root / "run" / "results")
+    paths = config.Paths(manifest, root / "cache", root / "run", root / "run" / "results")
     table = run_preprocessing(manifest, paths.cache_dir, tiny_profile(), workers=2,
                               progress=False)
     assert (table["status"] == "ok").sum() >= 4, table[["patient_id", "error"]]
@@ -82,7 +84,7 @@ def test_cache_channels_follow_the_cohort_sequences(cohort):
 def test_model_card_records_the_sequences_and_prediction_runs(cohort):
     name, manifest, paths = cohort
     model = paths.models_dir / "full.keras"
-    card = tr.read_model_card(model)
+    card = read_model_card(model)
     assert card["sequences"] == EXPECTED[name]
     assert card["preprocessing"]["sequences"] == EXPECTED[name]
     exams = mf.exam_files(mf.load_manifest(manifest), "EV001")

@@ -326,3 +326,24 @@ def test_one_patient_in_a_class_gives_nan_not_a_unit_interval(y):
     two_each = np.array([1, 1, 0, 0, 0])
     assert st.variance_undefined(two_each) == ""
     assert np.isfinite(st.delong_ci(two_each, a)[1])
+
+
+# ----------------------------------------------------------------------------- small helpers
+def test_holm_matches_hand_computed_step_down():
+    p = [0.01, np.nan, 0.04, 0.03, 0.2]
+    # sorted 0.01, 0.03, 0.04, 0.2 times 4, 3, 2, 1, then the running maximum
+    np.testing.assert_allclose(st.holm(p), [0.04, np.nan, 0.09, 0.09, 0.2])
+    assert st.holm([0.5, 0.6]).tolist() == [1.0, 1.0]
+
+
+def test_logit_and_sigmoid_are_inverse_and_clipped():
+    p = np.array([0.1, 0.5, 0.9])
+    np.testing.assert_allclose(st.sigmoid(st.logit(p)), p)
+    assert st.logit(0.5) == 0.0 and np.isfinite(st.logit([0.0, 1.0])).all()
+
+
+def test_auc_or_nan_needs_both_classes():
+    assert st.auc_or_nan([0, 1, 1], [0.2, 0.4, 0.3]) == 1.0
+    assert np.isnan(st.auc_or_nan([1, 1], [0.2, 0.4])) and np.isnan(st.auc_or_nan([], []))
+    assert st.undefined_reason([1, 1]) == "one class only (0 non-pCR, 2 pCR)"
+    assert st.undefined_reason([]) == "no patients" and st.undefined_reason([0, 1]) == ""

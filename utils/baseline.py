@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 
 from . import segmetrics
-from .config import SEQUENCES
-from .preprocess import load_cached
+from .cache import load_cached
+from .config import SEQUENCES, cache_files, predicted_masks_file
 from .readout import fit_logistic, out_of_fold
+from .stats import sigmoid
 
 HANDCRAFTED_PRED = "handcrafted_pred"
 HANDCRAFTED_GT = "handcrafted_gt"
@@ -58,26 +59,29 @@ def tumour_features(image_post: np.ndarray, mask_pre: np.ndarray, mask_post: np.
     return features
 
 
+MaskSource = tuple[str | Path, str] | None  # (predicted-masks folder, run), None: ground truth
+
+
 def feature_table(patients: pd.DataFrame, cache_dir: str | Path,
-                  masks_dir: str | Path | None = None) -> pd.DataFrame:
-    """Features of every patient with a cache file (and a predicted mask file when
-    ``masks_dir`` is given; ``None`` uses the cached ground-truth masks)."""
+                  masks: MaskSource = None) -> pd.DataFrame:
+    """Features of every patient with a cache file (and a predicted mask file of the run
+    ``masks`` names; ``None`` uses the cached ground-truth masks)."""
     rows = []
     for row in patients.to_dict("records"):
         pid = str(row["patient_id"])
-        cache_file = Path(cache_dir) / f"{pid}.npz"
-        mask_file = cache_file if masks_dir is None else Path(masks_dir) / f"{pid}.npz"
+        cache_file = cache_files(cache_dir, pid)["npz"]
+        mask_file = cache_file if masks is None else predicted_masks_file(*masks, pid)
         if not (cache_file.exists() and mask_file.exists()):
             continue
         cache = load_cached(cache_file)
-        masks = cache
-        if masks_dir is not None:
+        arrays = cache
+        if masks is not None:
             with np.load(mask_file, allow_pickle=False) as predicted:
-                masks = {k: predicted[k] for k in ("mask_pre", "mask_post")}
+                arrays = {k: predicted[k] for k in ("mask_pre", "mask_post")}
         sequences = list(cache["meta"].get("sequences", SEQUENCES))
         dwi = sequences.index("DWI") if "DWI" in sequences else None
-        features = tumour_features(cache["image_post"], masks["mask_pre"],
-                                   masks["mask_post"], cache["spacing_zyx"], dwi)
+        features = tumour_features(cache["image_post"], arrays["mask_pre"],
+                                   arrays["mask_post"], cache["spacing_zyx"], dwi)
         rows.append({"patient_id": pid, "cohort": row["cohort"], "centre": row["centre"],
                      "pcr": int(row["pcr"]), **features})
     return pd.DataFrame(rows)
@@ -97,7 +101,7 @@ def handcrafted_scores(features: pd.DataFrame, folds: pd.DataFrame, model: str
     x_all = features[used].to_numpy(float)
     oof = out_of_fold(x_train, y_train, training["fold"].to_numpy(int), C_BASELINE)
     out_of_fold_score = dict(zip(training["patient_id"], oof, strict=True))
-    full_fit = 1.0 / (1.0 + np.exp(-(x_all @ coef + intercept)))
+    full_fit = sigmoid(x_all @ coef + intercept)
     score = [out_of_fold_score.get(pid, fitted) if cohort == "training" else fitted
              for pid, cohort, fitted in zip(features["patient_id"], features["cohort"],
                                             full_fit, strict=True)]
@@ -108,13 +112,12 @@ def handcrafted_scores(features: pd.DataFrame, folds: pd.DataFrame, model: str
 
 
 def baseline_rows(patients: pd.DataFrame, cache_dir: str | Path, folds: pd.DataFrame,
-                  masks_dirs: Mapping[str, str | Path | None]
-                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Score rows and coefficients of each baseline, ``{model name: masks folder}``
-    (``None``: ground-truth masks)."""
+                  sources: Mapping[str, MaskSource]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score rows and coefficients of each baseline, ``{model name: (predicted-masks
+    folder, run)}`` (``None``: ground-truth masks)."""
     scores, coefficients = [], []
-    for model, masks_dir in masks_dirs.items():
-        features = feature_table(patients, cache_dir, masks_dir)
+    for model, masks in sources.items():
+        features = feature_table(patients, cache_dir, masks)
         if features.empty:
             continue
         rows, coef = handcrafted_scores(features, folds, model)

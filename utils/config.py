@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROFILE = "demo"
 PROFILE_ENV = "RPNET_PROFILE"
 MANIFEST_ENV = "RPNET_MANIFEST"
+# set (make reproduce, make test): static figures and one-line progress bars in stored outputs
+STATIC_ENV = "RPNET_STATIC_FIGURES"
 
 # The phantom's sequences. A user's cohort brings its own (the manifest's ``sequence``
 # column): any name matching SEQUENCE_NAME; one of them is the reference grid.
@@ -51,7 +53,7 @@ class Profile:
     batch_size: int
     learning_rate: float
     # training replicas (seeds) of the main model and of the ablations that test the paper's
-    # claims (utils.train.SEEDED_VARIANTS); other variants are trained once
+    # claims (utils.model.SEEDED_VARIANTS); other variants are trained once
     seeds: int = 3
     # phantom acquisition resolution multiplier (1.0 = clinical-like voxels)
     phantom_resolution: float = 1.0
@@ -90,6 +92,11 @@ def get_profile(name: str | None = None) -> Profile:
     return PROFILES[name]
 
 
+def as_profile(profile: Profile | str | None = None) -> Profile:
+    """``profile`` itself, or the profile of that name (None: :func:`get_profile`'s choice)."""
+    return profile if isinstance(profile, Profile) else get_profile(profile)
+
+
 def with_overrides(profile: Profile, **changes) -> Profile:
     """A copy of ``profile`` with some fields changed (for tests and benchmarks)."""
     return replace(profile, **changes)
@@ -97,54 +104,115 @@ def with_overrides(profile: Profile, **changes) -> Profile:
 
 @dataclass(frozen=True)
 class Paths:
-    """Where each pipeline stage reads and writes, for one profile."""
+    """The file contract: every path one stage writes and a later one reads (docs/CONTRACTS.md).
 
-    profile: str
+    Folders are fields (``get_paths`` fills them for a profile; tests pass temporary ones);
+    every file inside them comes from a method here, so no module joins stage paths by hand.
+    """
 
-    @property
-    def phantom_dir(self) -> Path:
-        return ROOT / "data" / "phantom" / self.profile
+    manifest: Path
+    cache_dir: Path
+    run_dir: Path
+    results_dir: Path
+    figures_dir: Path | None = None  # default: run_dir / "figures"
+    oracle: Path | None = None  # the phantom's true pCR probabilities (absent for real data)
+    phantom_dir: Path | None = None  # where the profile's phantom cohort is generated
 
-    @property
-    def manifest(self) -> Path:
-        """The cohort's manifest: ``RPNET_MANIFEST`` if set, else the profile's phantom."""
-        override = os.environ.get(MANIFEST_ENV)
-        if override:
-            return Path(override).resolve()
-        if self.profile == DEFAULT_PROFILE:
-            return ROOT / "data_manifest.csv"
-        return self.phantom_dir / "manifest.csv"
+    def __post_init__(self) -> None:
+        if self.figures_dir is None:
+            object.__setattr__(self, "figures_dir", Path(self.run_dir) / "figures")
 
-    @property
-    def oracle(self) -> Path:
-        """The phantom's true pCR probabilities (absent for real data)."""
-        return self.manifest.parent / "oracle.csv" if os.environ.get(MANIFEST_ENV) else (
-            self.phantom_dir / "oracle.csv")
+    # preprocessing cache (utils.cache)
+    def cache_file(self, patient_id: str) -> Path:
+        return cache_files(self.cache_dir, patient_id)["npz"]
 
     @property
-    def cache_dir(self) -> Path:
-        return ROOT / "data" / "cache" / self.profile
+    def processed_csv(self) -> Path:
+        return processed_csv(self.cache_dir)
 
-    @property
-    def run_dir(self) -> Path:
-        return ROOT / "runs" / self.profile
+    # training runs (utils.train, utils.inference)
+    models_dir = property(lambda self: Path(self.run_dir) / "models")
+    logs_dir = property(lambda self: Path(self.run_dir) / "logs")
+    checkpoints_dir = property(lambda self: Path(self.run_dir) / "checkpoints")
+    predicted_masks_dir = property(lambda self: Path(self.run_dir) / "predicted_masks")
+    predictions_dir = property(lambda self: Path(self.run_dir) / "predictions")
+    readout_dir = property(lambda self: Path(self.run_dir) / "readout")
 
-    @property
-    def models_dir(self) -> Path:
-        return self.run_dir / "models"
+    def model_file(self, run: str) -> Path:
+        return self.models_dir / f"{run}.keras"
 
-    @property
-    def predicted_masks_dir(self) -> Path:
-        return self.run_dir / "predicted_masks"
+    def model_card(self, run: str) -> Path:
+        return self.models_dir / f"{run}.json"
 
-    @property
-    def results_dir(self) -> Path:
-        return ROOT / "results" if self.profile == DEFAULT_PROFILE else self.run_dir / "results"
+    def log_csv(self, run: str) -> Path:
+        return self.logs_dir / run / "training.csv"
 
-    @property
-    def figures_dir(self) -> Path:
-        return ROOT / "figures" if self.profile == DEFAULT_PROFILE else self.run_dir / "figures"
+    def checkpoint_dir(self, run: str) -> Path:
+        return self.checkpoints_dir / run
+
+    def predicted_masks_file(self, run: str, patient_id: str) -> Path:
+        return predicted_masks_file(self.predicted_masks_dir, run, patient_id)
+
+    def readout_csv(self, run: str) -> Path:
+        return self.readout_dir / f"{run}.csv"
+
+    def run_predictions_csv(self, run: str) -> Path:
+        """One run's prediction rows (``predictions.csv`` gathers every run's)."""
+        return self.predictions_dir / f"{run}.csv"
+
+    # results (utils.train, utils.evaluate, utils.report)
+    split_csv = property(lambda self: Path(self.results_dir) / "split.csv")
+    folds_csv = property(lambda self: Path(self.results_dir) / "folds.csv")
+    predictions_csv = property(lambda self: Path(self.results_dir) / "predictions.csv")
+    metrics_json = property(lambda self: metrics_json(self.results_dir))
+
+    def figure(self, name: str, suffix: str = ".png") -> Path:
+        return Path(self.figures_dir) / f"{name}{suffix}"
 
 
-def get_paths(profile: str | None = None) -> Paths:
-    return Paths(get_profile(profile).name)
+def cache_files(cache_dir: str | os.PathLike, patient_id: str) -> dict[str, Path]:
+    """One patient's cache entry: ``npz`` (arrays), ``sidecar`` (JSON: QC row and both
+    files' checksums) and ``tfm`` (the registration transform for other ITK tools)."""
+    folder = Path(cache_dir)
+    return {"npz": folder / f"{patient_id}.npz", "sidecar": folder / f"{patient_id}.json",
+            "tfm": folder / f"{patient_id}_post_to_pre.tfm"}
+
+
+def processed_csv(cache_dir: str | os.PathLike) -> Path:
+    """The preprocessing run's table: one row per patient with status and QC."""
+    return Path(cache_dir) / "processed.csv"
+
+
+def predicted_masks_file(masks_dir: str | os.PathLike, run: str, patient_id: str) -> Path:
+    """One run's predicted masks of one patient (``mask_pre``, ``mask_post``, ROI grid)."""
+    return Path(masks_dir) / run / f"{patient_id}.npz"
+
+
+def metrics_json(results_dir: str | os.PathLike) -> Path:
+    """The evaluation's summary numbers (what README's results table is written from)."""
+    return Path(results_dir) / "metrics.json"
+
+
+def phantom_dir(profile: str) -> Path:
+    """Where the profile's phantom cohort is generated."""
+    return ROOT / "data" / "phantom" / profile
+
+
+def get_paths(profile: str | Profile | None = None) -> Paths:
+    """The committed layout for a profile: ``figures/`` and ``results/`` for the default
+    profile, ``runs/<profile>/`` for the others; ``RPNET_MANIFEST`` selects a user cohort."""
+    name = as_profile(profile).name
+    override = os.environ.get(MANIFEST_ENV)
+    if override:
+        manifest = Path(override).resolve()
+        oracle = manifest.parent / "oracle.csv"
+    else:
+        manifest = (ROOT / "data_manifest.csv" if name == DEFAULT_PROFILE
+                    else phantom_dir(name) / "manifest.csv")
+        oracle = phantom_dir(name) / "oracle.csv"
+    run_dir = ROOT / "runs" / name
+    default = name == DEFAULT_PROFILE
+    return Paths(manifest=manifest, cache_dir=ROOT / "data" / "cache" / name, run_dir=run_dir,
+                 results_dir=ROOT / "results" if default else run_dir / "results",
+                 figures_dir=ROOT / "figures" if default else run_dir / "figures",
+                 oracle=oracle, phantom_dir=phantom_dir(name))

@@ -8,10 +8,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from sklearn.metrics import roc_auc_score
 
 from .config import COHORTS, REFERENCE_SEQUENCE, TIMEPOINTS
 from .manifest import cohort_sequences, exam_files, patient_table, read_image
+from .segmetrics import largest_slice
+from .stats import auc_or_nan
 
 
 def mask_volumes(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -30,10 +31,6 @@ def mask_volumes(manifest: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     table["volume_reduction"] = 1.0 - table["vol_post_ml"] / table["vol_pre_ml"]
     return table
-
-
-def _auc_or_nan(labels: pd.Series, scores: pd.Series) -> float:
-    return float(roc_auc_score(labels, scores)) if labels.nunique() == 2 else float("nan")
 
 
 def cohort_table(manifest: pd.DataFrame, volumes: pd.DataFrame,
@@ -62,10 +59,10 @@ def cohort_table(manifest: pd.DataFrame, volumes: pd.DataFrame,
             "CA19-9 post (median)": group["ca199_post"].median(),
             "tumour pre mL (median)": group["vol_pre_ml"].median(),
             "tumour post mL (median)": group["vol_post_ml"].median(),
-            "volume-reduction AUC": _auc_or_nan(group["pcr"], group["volume_reduction"]),
+            "volume-reduction AUC": auc_or_nan(group["pcr"], group["volume_reduction"]),
         }
         if oracle is not None:
-            row["oracle AUC"] = _auc_or_nan(group["pcr"], group["p_true"])
+            row["oracle AUC"] = auc_or_nan(group["pcr"], group["p_true"])
         rows.append(row)
     return pd.DataFrame(rows).set_index("cohort")
 
@@ -75,11 +72,6 @@ def pick_examples(manifest: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     patients = patient_table(manifest)
     picks = patients.sort_values("patient_id").groupby(["centre", "pcr"]).head(1)
     return picks.sort_values(["centre", "pcr"]).reset_index(drop=True)
-
-
-def _central_slice(mask: np.ndarray) -> int:
-    areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
-    return int(np.argmax(areas)) if areas.any() else mask.shape[0] // 2
 
 
 def _slice_at(image: sitk.Image, reference: sitk.Image, z_index: int) -> np.ndarray:
@@ -94,7 +86,7 @@ def _show_exam_slice(ax: plt.Axes, exam: dict[str, str], sequence: str,
     with the mask contour."""
     t2w = read_image(exam[reference])
     mask = sitk.GetArrayFromImage(read_image(exam["mask"]))
-    z_index = _central_slice(mask)
+    z_index = largest_slice(mask)
     pixels = _slice_at(read_image(exam[sequence]), t2w, z_index)
     ax.imshow(pixels, cmap="gray", vmin=0, vmax=np.percentile(pixels, 99.5))
     if mask[z_index].any():
@@ -118,6 +110,22 @@ def plot_example_exams(manifest: pd.DataFrame, examples: pd.DataFrame) -> plt.Fi
         ax.set_title(f"{timepoint} {sequence}")
     fig.tight_layout()
     return fig
+
+
+def exam_panels(manifest: pd.DataFrame, patient_id: str,
+                reference: str = REFERENCE_SEQUENCE) -> dict:
+    """Slice-browser panels (:func:`utils.viewer.slice_browser`) of one patient's exams:
+    each sequence resampled onto its exam's reference grid, with the tumour mask."""
+    panels = {}
+    for timepoint, exam in exam_files(manifest, patient_id).items():
+        grid = read_image(exam[reference])
+        mask = sitk.GetArrayFromImage(read_image(exam["mask"]))
+        for sequence in cohort_sequences(manifest, reference):
+            image = sitk.Resample(read_image(exam[sequence]), grid, sitk.Transform(),
+                                  sitk.sitkLinear, 0.0)
+            panels[f"{timepoint} {sequence}"] = (sitk.GetArrayFromImage(image),
+                                                  {"tumour": mask})
+    return panels
 
 
 def acquisition_table(centres: dict) -> pd.DataFrame:

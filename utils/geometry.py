@@ -1,6 +1,8 @@
-"""Physical-space geometry checks shared by validation and preprocessing.
+"""Physical-space geometry: image grids, resampling, and header checks.
 
-Everything here reads image headers only (size, spacing, origin, direction): no voxels.
+The grid helpers (:func:`geometry_of`, :func:`image_from_geometry`, :func:`reference_grid`,
+:func:`resample`, :func:`resample_mask`) are the preprocessing's; the checks, shared by
+validation and preprocessing, read image headers only (size, spacing, origin, direction).
 """
 
 from __future__ import annotations
@@ -17,6 +19,57 @@ PLAUSIBLE_SPACING_MM = (0.1, 10.0)
 # Below this overlap (of the smaller field of view) two exams barely see the same anatomy.
 MIN_FOV_OVERLAP = 0.5
 AXES_ZYX = ("z", "y", "x")
+
+
+# --------------------------------------------------------------------------- grids
+def geometry_of(image: sitk.Image) -> dict[str, list]:
+    """The grid of an image as plain lists (x, y, z order, as SimpleITK)."""
+    return {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()),
+            "origin": list(image.GetOrigin()), "direction": list(image.GetDirection())}
+
+
+def image_from_geometry(geom: Mapping[str, Sequence], pixel: int = sitk.sitkUInt8) -> sitk.Image:
+    """An all-zero image on the grid ``geom`` (from :func:`geometry_of`)."""
+    image = sitk.Image([int(s) for s in geom["size"]], pixel)
+    image.SetSpacing([float(s) for s in geom["spacing"]])
+    image.SetOrigin([float(s) for s in geom["origin"]])
+    image.SetDirection([float(s) for s in geom["direction"]])
+    return image
+
+
+def reference_grid(image: sitk.Image, spacing_zyx: Sequence[float]) -> sitk.Image:
+    """The image's orientation and field of view at the target spacing (empty uint8 image).
+
+    The origin moves by half a voxel difference so that the new grid covers the same
+    physical extent as the original (voxel centres, not corners, sit on the origin).
+    """
+    old_sp = np.array(image.GetSpacing())
+    new_sp = np.array(spacing_zyx[::-1], dtype=float)
+    extent = old_sp * np.array(image.GetSize())
+    size = np.maximum(1, np.round(extent / new_sp)).astype(int)
+    shift = (new_sp - old_sp) / 2.0
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    origin = np.array(image.GetOrigin()) + direction @ shift
+    return image_from_geometry({"size": size.tolist(), "spacing": new_sp.tolist(),
+                                "origin": origin.tolist(), "direction": image.GetDirection()})
+
+
+def resample(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
+             interpolator: int = sitk.sitkLinear, pixel: int = sitk.sitkFloat32,
+             default: float = 0.0) -> sitk.Image:
+    """``image`` sampled on ``reference``'s grid at ``transform(point)``."""
+    tx = transform if transform is not None else sitk.Transform(3, sitk.sitkIdentity)
+    return sitk.Resample(image, reference, tx, interpolator, default, pixel)
+
+
+def resample_mask(mask: sitk.Image, reference: sitk.Image,
+                  transform: sitk.Transform | None = None) -> sitk.Image:
+    """Nearest-neighbour resampling of a label image, binarised to uint8 {0, 1}."""
+    binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
+    return resample(binary, reference, transform, sitk.sitkNearestNeighbor, sitk.sitkUInt8)
+
+
+# --------------------------------------------------------------------------- checks
 
 
 def corners(image: sitk.Image) -> np.ndarray:
@@ -47,14 +100,15 @@ def overlap_fraction(a: sitk.Image, b: sitk.Image) -> float:
     return box_overlap(physical_box(a), physical_box(b))
 
 
-def _fmt(values: Sequence[float]) -> str:
+def format_values(values: Sequence[float]) -> str:
+    """``(1, 2.5, 3)``: numbers in their shortest form, for messages."""
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 def spacing_warnings(images: Mapping[str, sitk.Image], label: str) -> list[str]:
     """Voxel sizes outside :data:`PLAUSIBLE_SPACING_MM`, one line per image."""
     lo, hi = PLAUSIBLE_SPACING_MM
-    return [f"{label} {name}: voxel size {_fmt(image.GetSpacing())} mm is outside the "
+    return [f"{label} {name}: voxel size {format_values(image.GetSpacing())} mm is outside the "
             f"plausible MRI range {lo:g}-{hi:g} mm (header in other units?)"
             for name, image in images.items()
             if min(image.GetSpacing()) < lo or max(image.GetSpacing()) > hi]

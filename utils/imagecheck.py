@@ -160,6 +160,13 @@ def inspect_file(path: str | os.PathLike, limit: int | None = None,
     return FileInfo(info.dimension, size, info.components, nonfinite)
 
 
+def strip_metadata(image: sitk.Image) -> sitk.Image:
+    """Drop every header field (DICOM names, dates, IDs); keep pixels and geometry."""
+    for key in image.GetMetaDataKeys():
+        image.EraseMetaData(key)
+    return image
+
+
 def read_file(path: str | os.PathLike) -> sitk.Image:
     """``sitk.ReadImage`` with ITK's errors in plain words (no checks; see inspect_file)."""
     try:

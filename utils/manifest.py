@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from . import imagecheck
+from . import filecheck, imagecheck
 from .config import COHORTS, REFERENCE_SEQUENCE, SEQUENCE_NAME, TIMEPOINTS
 from .geometry import sequences_outside_reference
 from .io import checksum, write_atomic
@@ -49,7 +49,6 @@ COLUMNS: dict[str, str] = {
 MARKERS = ("cea_pre", "cea_post", "ca199_pre", "ca199_post")
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # patient ids name cache and output files
 PATIENT_COLUMNS = ["patient_id", "cohort", "centre", "pcr", *MARKERS]
-GEOMETRY_TOLERANCE = 1e-3  # relative, for spacing, origin (mm) and direction cosines
 
 
 @dataclass(frozen=True)
@@ -82,13 +81,6 @@ class ManifestError(ValueError):
 # ---------------------------------------------------------------- reading
 
 
-def strip_metadata(image: sitk.Image) -> sitk.Image:
-    """Drop every header field (DICOM names, dates, IDs); keep pixels and geometry."""
-    for key in image.GetMetaDataKeys():
-        image.EraseMetaData(key)
-    return image
-
-
 def read_image(path: str | os.PathLike, max_voxels: int | None = None) -> sitk.Image:
     """Read NIfTI/NRRD/MHA, or a DICOM series folder, with geometry and no identifiers.
 
@@ -99,9 +91,9 @@ def read_image(path: str | os.PathLike, max_voxels: int | None = None) -> sitk.I
     """
     path = Path(path)
     if path.is_dir():
-        return strip_metadata(imagecheck.read_dicom_series(path, max_voxels))
+        return imagecheck.strip_metadata(imagecheck.read_dicom_series(path, max_voxels))
     imagecheck.inspect_file(path, max_voxels)
-    return strip_metadata(imagecheck.read_file(path))
+    return imagecheck.strip_metadata(imagecheck.read_file(path))
 
 
 def load_manifest(path: str | os.PathLike) -> pd.DataFrame:
@@ -203,9 +195,9 @@ def check_values(table: pd.DataFrame) -> list[Problem]:
                                     "letters, digits, '_', '-' and '+'", **where))
         if _as_label(row["pcr"]) is None:
             problems.append(Problem(f"pcr {row['pcr']!r} is not 0 or 1", **where))
-        for column in ("image_path", "mask_path", "image_sha256", "mask_sha256"):
-            if not _text(row[column]):
-                problems.append(Problem(f"empty {column}", **where))
+        problems += [Problem(f"empty {column}", **where) for column in
+                     ("image_path", "mask_path", "image_sha256", "mask_sha256")
+                     if not _text(row[column])]
         problems += [Problem(f"{m} {row[m]!r} is not an empty cell or a finite number >= 0",
                              **where) for m in MARKERS if not _marker_ok(row[m])]
     return problems
@@ -346,18 +338,21 @@ def check_patient_files(rows: pd.DataFrame, reference: str = REFERENCE_SEQUENCE
     exams: dict[str, dict[str, tuple[sitk.Image, dict]]] = {}
     for i, row in rows.iterrows():
         where = {"row": int(i) + 1, "patient_id": _text(row["patient_id"])}
-        image, found = _check_file(row["image_file"], row["image_sha256"], where)
-        problems += found
+        image, found = filecheck.check_file(row["image_file"], _text(row["image_sha256"]))
+        problems += _located(found, row["image_file"], where)
         if image is not None:
             exams.setdefault(_text(row["timepoint"]), {})[_text(row["sequence"])] = (
                 image, {**where, "file": row["image_file"]})
         if row["mask_file"] not in masks:
-            mask, found = _check_file(row["mask_file"], row["mask_sha256"], where, mask=True)
-            problems += found + (_check_mask(mask, row["mask_file"], where) if mask else [])
+            mask, found = filecheck.check_file(row["mask_file"], _text(row["mask_sha256"]),
+                                               mask=True)
+            found += filecheck.mask_problems(mask) if mask else []
+            problems += _located(found, row["mask_file"], where)
             masks[row["mask_file"]] = (int(i) + 1, mask)
         mask = masks[row["mask_file"]][1]
         if row["sequence"] == reference and image is not None and mask is not None:
-            problems += _check_geometry(image, mask, row["mask_file"], where)
+            problems += _located(filecheck.geometry_problems(image, mask), row["mask_file"],
+                                 where)
     for timepoint, exam in exams.items():
         problems += _check_overlap(exam, reference, timepoint)
     return problems
@@ -374,86 +369,9 @@ def _check_overlap(exam: dict[str, tuple[sitk.Image, dict]], reference: str, tim
             for name in sorted(apart)]
 
 
-def _check_file(file: str, expected_sha: object, where: dict, mask: bool = False
-                ) -> tuple[sitk.Image | None, list[Problem]]:
-    """Existence, checksum, header, data length, shape and voxel values of one file."""
-    if not file:
-        return None, []  # an empty path cell, reported by check_values
-    path = Path(file)
-    if not path.exists():
-        return None, [Problem("file does not exist", file=file, **where)]
-    if _text(expected_sha) and checksum(path) != _text(expected_sha):
-        return None, [Problem("sha256 does not match the manifest (file changed or corrupt)",
-                              file=file, **where)]
-    try:
-        image, nonfinite = _read_checked(path)
-    except Exception as error:
-        message = (str(error) if isinstance(error, imagecheck.ImageFileError)
-                   else f"unreadable image: {imagecheck.plain_itk_error(error)}")
-        return None, [Problem(message, file=file, **where)]
-    return image, [Problem(m, file=file, **where) for m in _voxel_problems(image, nonfinite, mask)]
-
-
-def _read_checked(path: Path) -> tuple[sitk.Image, int]:
-    """An image file or DICOM folder read after every header check, and its NaN/inf count
-    from the raw NIfTI data; raises :class:`~utils.imagecheck.ImageFileError`."""
-    if path.is_dir():
-        image, nonfinite = read_image(path), 0
-    else:
-        info = imagecheck.inspect_file(path, count_nonfinite=True)
-        imagecheck.require_scalar_volume(info.dimension, info.size, info.components)
-        image, nonfinite = strip_metadata(imagecheck.read_file(path)), info.nonfinite
-    imagecheck.require_scalar_volume(image.GetDimension(), image.GetSize(),
-                                     image.GetNumberOfComponentsPerPixel())
-    return image, nonfinite
-
-
-def _voxel_problems(image: sitk.Image, nonfinite: int, mask: bool) -> list[str]:
-    """NaN/inf voxels (ITK's NIfTI reader hides them as 0); images without contrast."""
-    pixels = sitk.GetArrayViewFromImage(image)
-    count = max(int(pixels.size - np.count_nonzero(np.isfinite(pixels))), nonfinite)
-    if count:
-        return [f"{count} NaN or infinite voxel(s)"]
-    problem = None if mask else imagecheck.content_problem(pixels)
-    return [problem] if problem else []
-
-
-def nifti_nonfinite_count(path: Path) -> int:
-    """NaN/inf voxels in a floating-point NIfTI file, read from the raw (streamed) bytes.
-
-    ITK's NIfTI reader silently turns NaN into 0, so this reads the data block directly.
-    """
-    layout = imagecheck.nifti_layout(path) if path.name.endswith((".nii", ".nii.gz")) else None
-    return imagecheck.scan_data(layout, count_nonfinite=True)[1] if layout else 0
-
-
-def _check_mask(mask: sitk.Image, file: str, where: dict) -> list[Problem]:
-    """Labels 0 and 1, or 0 and 255 (both read as tumour where > 0), and not empty."""
-    pixels = sitk.GetArrayViewFromImage(mask)
-    if problem := imagecheck.mask_problem(pixels):
-        return [Problem(problem, file=file, **where)]
-    if not np.any(pixels > 0):
-        return [Problem("mask is empty (no tumour voxel)", file=file, **where)]
-    return []
-
-
-def _check_geometry(image: sitk.Image, mask: sitk.Image, file: str, where: dict) -> list[Problem]:
-    checks = {
-        "size": (image.GetSize(), mask.GetSize(), 0.0),
-        "spacing": (image.GetSpacing(), mask.GetSpacing(), GEOMETRY_TOLERANCE),
-        "origin": (image.GetOrigin(), mask.GetOrigin(), GEOMETRY_TOLERANCE),
-        "direction": (image.GetDirection(), mask.GetDirection(), GEOMETRY_TOLERANCE),
-    }
-    problems = []
-    for name, (expected, found, tol) in checks.items():
-        if not np.allclose(expected, found, rtol=tol, atol=tol):
-            problems.append(Problem(f"mask {name} {_fmt(found)} differs from the reference image's "
-                                    f"{_fmt(expected)}", file=file, **where))
-    return problems
-
-
-def _fmt(values: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+def _located(messages: Iterable[str], file: str, where: dict) -> list[Problem]:
+    """Problems of one file, located at its row and patient."""
+    return [Problem(message, file=file, **where) for message in messages]
 
 
 def _text(value: object) -> str:

@@ -29,10 +29,20 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
-from keras import layers, ops
+from keras import layers
 
-PACKAGE = "rpnet"
+from .layers import (
+    AbsDifference,
+    DiceBCELoss,
+    DiceMetric,
+    LogVolumes,
+    MaskedAverage,
+    MaskedMoments,
+    SoftUnion,
+    StopGradient,
+    WeightedBCELoss,
+)
+
 BRANCHES: tuple[str, ...] = ("pre", "post")
 MASKS: dict[str, str] = {"pre": "mask_pre", "post": "mask_post"}
 JOINS: tuple[str, ...] = ("encoder", "bottleneck", "deep_supervision")
@@ -61,219 +71,36 @@ class VariantSpec:
     segmentation: bool
     description: str
     head: str = "tumour"
+    seeded: bool = False  # trained with Profile.seeds replicas (the paper's claims)
 
 
 def _spec(name: str, description: str, inputs: tuple[str, ...] = BRANCHES, tied: bool = True,
           joins: tuple[str, ...] = JOINS, segmentation: bool = True,
-          head: str = "tumour") -> VariantSpec:
+          head: str = "tumour", seeded: bool = False) -> VariantSpec:
     masks = tuple(MASKS[b] for b in inputs) if segmentation else ()
     return VariantSpec(name, inputs, (*masks, "pcr"), tied, joins, segmentation, description,
-                       head)
+                       head, seeded)
 
 
 VARIANTS: dict[str, VariantSpec] = {v.name: v for v in (
-    _spec("full", "Siamese RP-Net: shared backbone, pre/post masks, tumour-guided pCR readout"),
+    _spec("full", "Siamese RP-Net: shared backbone, pre/post masks, tumour-guided pCR readout",
+          seeded=True),
     _spec("paper_head", "the release's pCR head: conv + instance norm + global average pool "
-          "over the whole ROI", head="paper"),
+          "over the whole ROI", head="paper", seeded=True),
     _spec("single_task", "pCR only: same network, no segmentation losses (its tumour maps "
-          "are attention learned from pCR alone)", segmentation=False),
-    _spec("pre_only", "pre-treatment exam only: joins use pre features alone", inputs=("pre",)),
+          "are attention learned from pCR alone)", segmentation=False, seeded=True),
+    _spec("pre_only", "pre-treatment exam only: joins use pre features alone", inputs=("pre",),
+          seeded=True),
     _spec("post_only", "post-treatment exam only: joins use post features alone",
-          inputs=("post",)),
+          inputs=("post",), seeded=True),
     _spec("untied", "two backbones with separate weights (as in the authors' release)",
           tied=False),
     _spec("bottleneck_join", "pCR from the bottleneck join only", joins=("bottleneck",)),
 )}
-
-
-# --------------------------------------------------------------------------- custom objects
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class AbsDifference(layers.Layer):
-    """``|a - b|`` of two tensors of one shape."""
-
-    def call(self, inputs: Sequence) -> object:
-        a, b = inputs
-        return ops.abs(ops.subtract(a, b))
-
-    def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
-        return input_shape[0]
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class MaskedAverage(layers.Layer):
-    """Per-channel mean of ``x`` (B, z, y, x, C) weighted by ``w`` (B, z, y, x, 1).
-
-    ``sum(w * x) / (sum(w) + epsilon)``: the mean inside a soft tumour mask; an empty mask
-    gives 0. Computed in float32 whatever the dtype policy (sums over many voxels).
-    """
-
-    def __init__(self, epsilon: float = 1.0, **kwargs) -> None:
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        self.epsilon = float(epsilon)
-
-    def call(self, inputs: Sequence) -> object:
-        x, w = (ops.cast(t, "float32") for t in inputs)
-        axes = (1, 2, 3)
-        return ops.sum(x * w, axis=axes) / (ops.sum(w, axis=axes) + self.epsilon)
-
-    def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
-        return (input_shape[0][0], input_shape[0][-1])
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "epsilon": self.epsilon}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class MaskedMoments(MaskedAverage):
-    """Per-channel mean and standard deviation of ``x`` inside the soft mask ``w``:
-    ``(B, 2C)`` = [means, SDs] (an empty mask gives zeros). Float32."""
-
-    def call(self, inputs: Sequence) -> object:
-        x, w = (ops.cast(t, "float32") for t in inputs)
-        mean = super().call([x, w])
-        second = super().call([x * x, w])
-        return ops.concatenate([mean, ops.sqrt(ops.relu(second - mean * mean) + 1e-12)], -1)
-
-    def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
-        return (input_shape[0][0], 2 * input_shape[0][-1])
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class SoftUnion(layers.Layer):
-    """Probabilistic union ``1 - prod(1 - m)`` of soft masks of one shape."""
-
-    def call(self, inputs: Sequence) -> object:
-        outside = ops.ones_like(inputs[0])
-        for mask in inputs:
-            outside = outside * (1.0 - mask)
-        return 1.0 - outside
-
-    def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
-        return input_shape[0]
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class StopGradient(layers.Layer):
-    """Identity in the forward pass (or ``x >= threshold`` as 0/1 when a threshold is given);
-    no gradient flows back through it."""
-
-    def __init__(self, threshold: float | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.threshold = threshold
-
-    def call(self, inputs):
-        if self.threshold is not None:
-            inputs = ops.cast(inputs >= self.threshold, inputs.dtype)
-        return ops.stop_gradient(inputs)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "threshold": self.threshold}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class LogVolumes(layers.Layer):
-    """``log(1 + soft voxel count)`` of each mask and, for two masks, ``log(V2+1) - log(V1+1)``
-    (the log volume ratio post/pre). Float32."""
-
-    def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-
-    def call(self, inputs: Sequence) -> object:
-        logs = [ops.log1p(ops.sum(ops.cast(m, "float32"), axis=(1, 2, 3))) for m in inputs]
-        if len(logs) == 2:
-            logs.append(logs[1] - logs[0])
-        return ops.concatenate(logs, axis=-1)
-
-    def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
-        n = len(input_shape)
-        return (input_shape[0][0], n + (n == 2))
-
-
-def _sample_axes(x) -> tuple[int, ...]:
-    return tuple(range(1, len(x.shape)))
-
-
-def soft_dice_loss(y_true, y_pred, smooth: float = 1.0):
-    """Per-sample soft Dice loss ``1 - (2|A.B| + s) / (|A| + |B| + s)`` (keras.ops)."""
-    y_true = ops.cast(y_true, y_pred.dtype)
-    axes = _sample_axes(y_pred)
-    intersection = ops.sum(y_true * y_pred, axis=axes)
-    total = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
-    return 1.0 - (2.0 * intersection + smooth) / (total + smooth)
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class DiceBCELoss(keras.losses.Loss):
-    """Soft Dice (per sample, smoothed) plus voxel-mean binary cross-entropy."""
-
-    def __init__(self, smooth: float = 1.0, dice_weight: float = 1.0, bce_weight: float = 1.0,
-                 name: str = "dice_bce", **kwargs) -> None:
-        super().__init__(name=name, **kwargs)
-        self.smooth, self.dice_weight, self.bce_weight = smooth, dice_weight, bce_weight
-
-    def call(self, y_true, y_pred):
-        y_true = ops.cast(y_true, y_pred.dtype)
-        bce = ops.mean(ops.binary_crossentropy(y_true, y_pred), axis=_sample_axes(y_pred))
-        dice = soft_dice_loss(y_true, y_pred, self.smooth)
-        return self.dice_weight * dice + self.bce_weight * bce
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "smooth": self.smooth,
-                "dice_weight": self.dice_weight, "bce_weight": self.bce_weight}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class WeightedBCELoss(keras.losses.Loss):
-    """Binary cross-entropy with the positive class weighted by ``pos_weight``."""
-
-    def __init__(self, pos_weight: float = 1.0, name: str = "weighted_bce", **kwargs) -> None:
-        super().__init__(name=name, **kwargs)
-        self.pos_weight = float(pos_weight)
-
-    def call(self, y_true, y_pred):
-        y_true = ops.cast(y_true, y_pred.dtype)
-        eps = keras.config.epsilon()
-        p = ops.clip(y_pred, eps, 1.0 - eps)
-        loss = -(self.pos_weight * y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
-        return ops.mean(loss, axis=-1)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "pos_weight": self.pos_weight}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class DiceMetric(keras.metrics.Metric):
-    """Mean per-sample Dice of masks thresholded at ``threshold`` (empty vs empty = 1)."""
-
-    def __init__(self, threshold: float = 0.5, name: str = "dice", **kwargs) -> None:
-        super().__init__(name=name, **kwargs)
-        self.threshold = threshold
-        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
-
-    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
-        pred = ops.cast(y_pred > self.threshold, "float32")
-        true = ops.cast(ops.reshape(y_true, ops.shape(pred)) > 0.5, "float32")
-        axes = _sample_axes(pred)
-        inter = ops.sum(true * pred, axis=axes)
-        size = ops.sum(true, axis=axes) + ops.sum(pred, axis=axes)
-        dice = (2.0 * inter + 1e-6) / (size + 1e-6)
-        weight = ops.ones_like(dice) if sample_weight is None else ops.reshape(
-            ops.cast(sample_weight, "float32"), ops.shape(dice))
-        self.total.assign_add(ops.sum(dice * weight))
-        self.count.assign_add(ops.sum(weight))
-
-    def result(self):
-        return ops.divide_no_nan(self.total, self.count)
-
-    def reset_state(self) -> None:
-        self.total.assign(0.0)
-        self.count.assign(0.0)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "threshold": self.threshold}
+ALL_VARIANTS: tuple[str, ...] = tuple(VARIANTS)
+# The main model and the ablations that test the paper's claims (two time points, multi-task,
+# the tumour-guided head) are trained with Profile.seeds replicas; the others once.
+SEEDED_VARIANTS: tuple[str, ...] = tuple(name for name, v in VARIANTS.items() if v.seeded)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -468,8 +295,8 @@ def build_rpnet(input_shape_zyxc: Sequence[int], variant: str = "full", depth: i
     _check_args(input_shape_zyxc, variant, comparison)
     spec, seeds = VARIANTS[variant], _Seeds(seed)
     inputs = {b: keras.Input(tuple(input_shape_zyxc), name=b) for b in spec.inputs}
-    kwargs = dict(depth=depth, base_filters=base_filters, dropout=dropout,
-                  segmentation=spec.segmentation or spec.head == "tumour", _seeds=seeds)
+    kwargs = {"depth": depth, "base_filters": base_filters, "dropout": dropout,
+                  "segmentation": spec.segmentation or spec.head == "tumour", "_seeds": seeds}
     if spec.tied:
         shared = build_backbone(input_shape_zyxc, name="backbone", **kwargs)
         backbones = dict.fromkeys(spec.inputs, shared)
@@ -490,7 +317,7 @@ def build_rpnet(input_shape_zyxc: Sequence[int], variant: str = "full", depth: i
     return keras.Model(inputs, outputs, name=f"rpnet_{variant}")
 
 
-def _join_levels(depth: int) -> dict[str, int]:
+def join_levels(depth: int) -> dict[str, int]:
     return {"encoder": encoder_join_level(depth), "bottleneck": depth - 1,
             "deep_supervision": 1}
 
@@ -518,7 +345,7 @@ def _paper_head(features: dict, joins: Sequence[str], depth: int, base_filters: 
                 dropout: float, comparison: str, seeds: _Seeds):
     """The release's head: per join, compare, conv block (instance norm), global average pool
     over the whole ROI; concatenate, dropout, sigmoid unit."""
-    level = _join_levels(depth)
+    level = join_levels(depth)
     vectors = []
     for key in joins:
         x = _conv_block(_compare(features, key, comparison), base_filters * 2 ** level[key],
@@ -563,7 +390,7 @@ def _tumour_head(inputs: dict, features: dict, masks: dict, joins: Sequence[str]
     region = (SoftUnion(name="tumour_region")([masks[b] for b in branches])
               if len(branches) > 1 else masks[branches[0]])
     pools = level_pool_sizes(input_shape_zyxc[:3], depth)
-    level = _join_levels(depth)
+    level = join_levels(depth)
     vectors = []
     for key in joins:
         weight = region if level[key] == 0 else layers.AveragePooling3D(
@@ -571,10 +398,9 @@ def _tumour_head(inputs: dict, features: dict, masks: dict, joins: Sequence[str]
         vectors.append(MaskedAverage(name=f"join_{key}_tumour_mean")(
             [_compare(features, key, comparison), weight]))
     vectors.append(LogVolumes(name="tumour_log_volumes")([masks[b] for b in branches]))
-    for image in (b for b in BRANCHES if b in inputs):
-        for where in branches:
-            vectors.append(MaskedMoments(name=f"tumour_moments_{image}_in_{where}")(
-                [inputs[image], masks[where]]))
+    vectors += [MaskedMoments(name=f"tumour_moments_{image}_in_{where}")(
+        [inputs[image], masks[where]]) for image in BRANCHES if image in inputs
+        for where in branches]
     x = layers.Concatenate(name="head_concat")(vectors)
     x = layers.BatchNormalization(momentum=0.9, synchronized=sync_batchnorm, name=HEAD_VECTOR)(x)
     return _final_dense(x, dropout, seeds, zero_init=True)
@@ -675,241 +501,3 @@ def load_rpnet(path: str | Path, compile: bool = True) -> keras.Model:
 def variant_of(model: keras.Model) -> str:
     """The variant name of a model built by :func:`build_rpnet`."""
     return model.name.removeprefix("rpnet_")
-
-
-# --------------------------------------------------------------------------- introspection
-def _graph_nodes(model: keras.Model) -> list:
-    """Every layer call (node) of a functional model, inputs first."""
-    by_depth = model._nodes_by_depth  # Keras 3 Functional internals (no public equivalent)
-    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
-
-
-def conv_flops(kernel_size: Sequence[int], in_channels: int, out_channels: int,
-               out_spatial: Sequence[int], groups: int = 1) -> int:
-    """FLOPs (2 x multiply-adds) of one convolution; bias adds are not counted."""
-    macs = math.prod(kernel_size) * (in_channels // groups) * out_channels * math.prod(out_spatial)
-    return 2 * int(macs)
-
-
-def _node_flops(node) -> int:
-    layer = node.operation
-    if isinstance(layer, keras.Model):
-        return _model_flops(layer)
-    if isinstance(layer, layers.Dense):
-        return 2 * int(node.input_tensors[0].shape[-1]) * layer.units
-    if isinstance(layer, layers.Conv3D | layers.Conv2D | layers.Conv1D):
-        out = node.output_tensors[0].shape
-        return conv_flops(layer.kernel_size, int(node.input_tensors[0].shape[-1]), layer.filters,
-                          out[1:-1], layer.groups)
-    return 0
-
-
-def _model_flops(model: keras.Model) -> int:
-    return sum(_node_flops(node) for node in _graph_nodes(model))
-
-
-def count_flops(model_or_config: keras.Model | Mapping,
-                input_shape: Sequence[int] | None = None) -> int:
-    """Forward-pass FLOPs per sample: 2 x multiply-adds of every conv and dense layer call.
-
-    Counted analytically from kernel size, channels and output size; a shared backbone
-    counts once per call (both branches). Normalisation, activations, pooling, adds and
-    biases are ignored (a few % at most). Give a built model, or a dict of
-    :func:`build_rpnet` keyword arguments plus ``input_shape`` (z, y, x, C).
-    """
-    if isinstance(model_or_config, keras.Model):
-        return _model_flops(model_or_config)
-    if input_shape is None:
-        raise ValueError("input_shape is required with a config")
-    return _model_flops(build_rpnet(input_shape, **dict(model_or_config)))
-
-
-def _block_name(name: str) -> str:
-    for key in JOINS:
-        if name.startswith(f"join_{key}"):
-            return f"join_{key}"
-    parts = name.split("_")
-    return "_".join(parts[:2]) if parts[0] == "mask" else parts[0]
-
-
-def _layer_rows(model: keras.Model, component: str) -> list[dict]:
-    rows = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            continue
-        shape = tuple(layer.output.shape[1:]) if not isinstance(layer.output, dict) else None
-        rows.append({"component": component, "block": _block_name(layer.name),
-                     "output_shape": shape, "params": layer.count_params()})
-    return rows
-
-
-def _branch_order(name: str) -> int:
-    return BRANCHES.index(name) if name in BRANCHES else len(BRANCHES)
-
-
-def block_table(model: keras.Model) -> pd.DataFrame:
-    """One row per block: component, block name, output shape (last layer), parameters.
-
-    Backbone blocks appear once per backbone; ``component`` says which branches use it.
-    """
-    rows = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            users = sorted((n.input_tensors[0].name for n in _graph_nodes(model)
-                            if n.operation is layer), key=_branch_order)
-            rows += _layer_rows(layer, f"{layer.name} ({', '.join(users)})")
-    rows += _layer_rows(model, "siamese head")
-    frame = pd.DataFrame(rows)
-    grouped = frame.groupby(["component", "block"], sort=False)
-    return grouped.agg(output_shape=("output_shape", "last"), params=("params", "sum")
-                       ).reset_index()
-
-
-def parameter_counts(model: keras.Model) -> dict[str, int]:
-    """Trainable, non-trainable and total parameter counts (shared weights once)."""
-    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
-    return {"trainable": trainable, "non_trainable": frozen, "total": trainable + frozen}
-
-
-# --------------------------------------------------------------------------- schematic
-def draw_architecture(ax=None, depth: int = 4, base_filters: int = 8,
-                      comparison: str = "subtract", variant: str = "full"):
-    """A schematic of the Siamese RP-Net (matplotlib patches only); returns the Figure."""
-    import matplotlib
-
-    if ax is None and matplotlib.get_backend().lower() not in (
-            "agg", "module://matplotlib_inline.backend_inline"):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    spec = VARIANTS[variant]
-    if ax is None:
-        _, ax = plt.subplots(figsize=(11, 5.5))
-    ax.set_axis_off()
-    ax.set_xlim(-2.2, 2 * depth + 3.2)
-    ax.set_ylim(-5.4, 5.4)
-    ends = {b: _draw_branch(ax, b, depth, base_filters, spec) for b in spec.inputs}
-    _draw_joins(ax, depth, spec, comparison, ends)
-    shared = ("one branch" if len(spec.inputs) == 1 else "one shared backbone (tied weights)"
-              if spec.tied else "two backbones (untied)")
-    ax.text(depth - 1, -5.2, "blue: encoder level (filters); orange: decoder level; grey: skip "
-            "connections; purple: joins; green: segmentation outputs", ha="center", fontsize=7)
-    ax.set_title(f"3D RP-Net, variant '{variant}': {shared}, depth {depth}, "
-                 f"{base_filters} base filters")
-    return ax.figure
-
-
-def _box(ax, x: float, y: float, w: float, h: float, color: str, text: str = "",
-         size: int = 7) -> None:
-    from matplotlib.patches import FancyBboxPatch
-
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02",
-                                facecolor=color, edgecolor="0.2", linewidth=0.8))
-    if text:
-        ax.text(x, y, text, ha="center", va="center", fontsize=size)
-
-
-def _arrow(ax, start: tuple[float, float], end: tuple[float, float], color: str = "0.3",
-           style: str = "-|>") -> None:
-    from matplotlib.patches import FancyArrowPatch
-
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=8, color=color,
-                                 linewidth=0.8, shrinkA=2, shrinkB=2))
-
-
-def _level_x(depth: int, level: int, decoder: bool) -> float:
-    return 2 * depth - 2 - level if decoder else level
-
-
-def _draw_branch(ax, branch: str, depth: int, base_filters: int, spec: VariantSpec) -> dict:
-    """One U-Net branch, mirrored: pre on top, post below; returns join anchor points."""
-    sign = 1 if branch == "pre" else -1
-    level_y = {level: sign * (4.2 - 0.8 * level) for level in range(depth)}
-    _box(ax, -1.4, level_y[0], 1.1, 0.8, "#d9e6f2", f"{branch}\nT2W + DWI")
-    _arrow(ax, (-0.85, level_y[0]), (-0.3, level_y[0]))
-    for level in range(depth):
-        h = 1.0 - 0.15 * level
-        _box(ax, level, level_y[level], 0.55, h, "#9ecae1",
-             f"{base_filters * 2 ** level}", 6)
-        if level:
-            _arrow(ax, (level - 0.72, level_y[level - 1]), (level - 0.28, level_y[level]))
-    last = 0 if spec.segmentation else 1
-    for level in range(depth - 2, last - 1, -1):
-        x = _level_x(depth, level, True)
-        _box(ax, x, level_y[level], 0.55, 1.0 - 0.15 * level, "#fdd0a2",
-             f"{base_filters * 2 ** level}", 6)
-        _arrow(ax, (x - 0.72, level_y[level + 1]), (x - 0.28, level_y[level]))
-        _arrow(ax, (level + 0.3, level_y[level]), (x - 0.3, level_y[level]), "0.6", "-")
-    if spec.segmentation:
-        x = 2 * depth - 1
-        _box(ax, x, level_y[0], 0.9, 0.6, "#c7e9c0", MASKS[branch], 7)
-        _arrow(ax, (x - 1, level_y[0]), (x - 0.45, level_y[0]))
-    return {"encoder": (encoder_join_level(depth), level_y[encoder_join_level(depth)]),
-            "bottleneck": (depth - 1, level_y[depth - 1]),
-            "deep_supervision": (_level_x(depth, 1, True), level_y[1])}
-
-
-def _draw_joins(ax, depth: int, spec: VariantSpec, comparison: str, ends: dict) -> None:
-    symbol = {"subtract": "post−pre", "concat": "concat", "abs_diff": "|post−pre|"}[comparison]
-    head_x = 2 * depth + 1.6
-    head = ("+ tumour\nvolumes,\nmasked\nmeans/SDs\nBN, Dense σ\n→ pCR" if spec.head == "tumour"
-            else "concat\ndropout\nDense σ\n→ pCR")
-    _box(ax, head_x, 0, 1.1, 1.9 if spec.head == "tumour" else 1.2, "#fcbba1", head, 7)
-    pooling = "mean in\ntumour" if spec.head == "tumour" else "conv+GAP"
-    for i, key in enumerate(spec.joins):
-        x = next(iter(ends.values()))[key][0]
-        y = 0.9 * (1 - i) if len(spec.joins) > 1 else 0
-        text = symbol if len(ends) > 1 else "features"
-        _box(ax, x, y, 1.0, 0.5, "#e5d8f0", f"{text}\n{pooling}", 6)
-        for anchor in ends.values():
-            side = 1 if anchor[key][1] > 0 else -1
-            _arrow(ax, (x, anchor[key][1] - side * 0.4), (x, y + side * 0.25), "#756bb1")
-        _arrow(ax, (x + 0.5, y), (head_x - 0.55, 0), "#756bb1")
-    if spec.tied and len(ends) > 1:
-        ax.text(-1.4, 0, "shared\nweights", ha="center", va="center", fontsize=7,
-                style="italic")
-        _arrow(ax, (-1.4, 0.4), (-1.4, 3.7), "0.4", "<|-|>")
-        _arrow(ax, (-1.4, -0.4), (-1.4, -3.7), "0.4", "<|-|>")
-
-
-# --------------------------------------------------------------------------- head figure
-def pooled_region(mask_zyx: np.ndarray, pool_size: Sequence[int]) -> np.ndarray:
-    """Block means of a (z, y, x) mask over ``pool_size`` blocks (as AveragePooling3D)."""
-    shape = [n // k for n, k in zip(mask_zyx.shape, pool_size, strict=True)]
-    blocks = np.asarray(mask_zyx, float)[:shape[0] * pool_size[0], :shape[1] * pool_size[1],
-                                          :shape[2] * pool_size[2]]
-    return blocks.reshape(shape[0], pool_size[0], shape[1], pool_size[1], shape[2],
-                          pool_size[2]).mean(axis=(1, 3, 5))
-
-
-def plot_tumour_head(image_pre: np.ndarray, image_post: np.ndarray, mask_pre: np.ndarray,
-                     mask_post: np.ndarray, depth: int, dwi_channel: int = 1):
-    """How the tumour-guided head pools: on the slice with the largest tumour, the pre and
-    post DWI with both masks, the tumour region (union of the masks) and that region pooled
-    to each join's grid (the weights of the masked means); returns the Figure."""
-    import matplotlib.pyplot as plt
-
-    region = np.maximum(mask_pre > 0, mask_post > 0).astype(float)
-    z = int(np.argmax(region.reshape(len(region), -1).sum(1)))
-    pools = level_pool_sizes(region.shape, depth)
-    levels = _join_levels(depth)
-    fig, axes = plt.subplots(1, 3 + len(JOINS), figsize=(2.6 * (3 + len(JOINS)), 3.3))
-    for ax, (title, image) in zip(axes[:2], (("pre DWI", image_pre), ("post DWI", image_post)),
-                                  strict=True):
-        ax.imshow(image[z, ..., dwi_channel], cmap="gray")
-        ax.contour(mask_pre[z], [0.5], colors="#1f77b4", linewidths=1)
-        ax.contour(mask_post[z], [0.5], colors="#d62728", linewidths=1)
-        ax.set_title(f"{title}\n(blue: pre mask, red: post)", fontsize=8)
-    axes[2].imshow(region[z], cmap="magma", vmin=0, vmax=1)
-    axes[2].set_title("tumour region\n(pre ∪ post), full grid", fontsize=8)
-    for ax, key in zip(axes[3:], JOINS, strict=True):
-        size = pools[levels[key]]
-        pooled = pooled_region(region, size)
-        ax.imshow(pooled[min(z // size[0], len(pooled) - 1)], cmap="magma", vmin=0, vmax=1)
-        ax.set_title(f"weights at the {key.replace('_', ' ')}\njoin "
-                     f"({'x'.join(map(str, pooled.shape))} grid)", fontsize=8)
-    for ax in axes:
-        ax.set_axis_off()
-    fig.tight_layout()
-    return fig

@@ -17,7 +17,7 @@ coarse pass sees whole pelves although the model was trained on tumour-centred c
 lock onto a wrong structure: check the returned masks, or give a centre.
 
 The pCR probability is the model output corrected for the balanced sampling of training
-(:func:`utils.train.correct_prior`, from the ``<model>.json`` card written beside the model).
+(:func:`utils.modelcard.correct_prior`, from the ``<model>.json`` card written beside the model).
 
 CLI::
 
@@ -44,20 +44,15 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from .cache import add_params_arguments, params_from_arguments
 from .config import SEQUENCE_NAME, SEQUENCES, Profile, get_profile
+from .errors import PreprocessError
+from .geometry import reference_grid
 from .imagecheck import content_problem, mask_problem
 from .io import atomic_path, write_json_atomic
 from .manifest import read_image
-from .preprocess import (
-    REGISTRATION_MODES,
-    PreprocessError,
-    PreprocessParams,
-    add_params_arguments,
-    params_from_arguments,
-    preprocess_pair,
-    reference_grid,
-    roi_to_original,
-)
+from .preprocess import PreprocessParams, preprocess_pair, roi_to_original
+from .registration import MODES as REGISTRATION_MODES
 
 PathLike = str | os.PathLike
 _MODELS: dict[tuple[str, float], Any] = {}
@@ -218,7 +213,7 @@ def predict_patient(pre_files: Mapping[str, PathLike], post_files: Mapping[str, 
     ``mask_pre``, ``mask_post`` (None for a variant without that head), ``pcr_raw`` (model
     output before the prior correction), ``roi_center_mm`` and ``roi_source``.
     """
-    from .train import read_model_card, score_from_card
+    from .modelcard import read_model_card, score_from_card
 
     model, card = load_model(model_path), read_model_card(model_path)
     params = params or _params(profile, card)
@@ -287,7 +282,7 @@ def _cli_params(args: argparse.Namespace) -> PreprocessParams | None:
     """The card's (or profile's) parameters with the CLI's geometry options, if any."""
     if args.spacing is None and args.roi is None and not args.reference_sequence:
         return None
-    from .train import read_model_card
+    from .modelcard import read_model_card
 
     return params_from_arguments(args, _params(args.profile, read_model_card(args.model)))
 

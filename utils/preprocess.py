@@ -1,99 +1,66 @@
-"""Preprocessing of pre-/post-chemoradiotherapy rectal MRI pairs for 3D RP-Net.
+"""Preprocessing of one pre-/post-chemoradiotherapy rectal MRI pair for 3D RP-Net.
 
 Per patient (all image work in SimpleITK, arrays in NumPy (z, y, x) order):
 
-1. read each exam's sequences (the cohort's own set, ``params.sequences``; the phantom has
-   T2W and DWI) and tumour mask. One sequence, ``params.reference_sequence`` (T2W by
-   default), defines the grid, carries the mask and drives N4 and registration;
-2. N4 bias-field correction of the reference sequence, fitted on a copy shrunk to ~8 mm
-   voxels inside a body mask (Otsu/2, largest component, holes filled) and applied at full
-   resolution through ``GetLogBiasFieldAsImage``. The other sequences are *not*
-   N4-corrected by default (``n4_others="none"``). For DWI: in high-b DWI most tissue sits
-   at the Rician noise floor and the bright signal is the tumour, so an N4 fit models
-   anatomy and noise rather than coil sensitivity; its residual field is weaker (the
+1. read each exam's sequences (the cohort's own set, ``params.sequences``) and tumour
+   mask. One sequence, ``params.reference_sequence`` (T2W by default), defines the grid,
+   carries the mask and drives N4 and registration;
+2. N4 bias-field correction (:mod:`utils.intensity`) of the reference sequence. The other
+   sequences are *not* N4-corrected by default (``n4_others="none"``): in high-b DWI most
+   tissue sits at the Rician noise floor and the bright signal is the tumour, so an N4 fit
+   models anatomy and noise rather than coil sensitivity; its residual field is weaker (the
    phantom: 0.15-0.25 vs 0.25-0.40 log amplitude) and the per-sequence normalisation
    removes the global scale. ``"reference_field"`` applies the reference sequence's field
    (same receive coil, same session) and ``"own"`` fits N4 on each sequence itself;
-3. resample each exam onto one reference grid: the reference sequence's orientation and
-   field of view at the profile's target spacing (linear for images, nearest neighbour for
-   masks);
-4. rigidly register post to pre on the resampled reference sequence
-   (``utils.registration``: Euler3D from a MOMENTS start, Mattes MI inside the pre body
-   mask, 3-level pyramid capped for thin slabs, seeded random sampling, one ITK thread:
-   bit-identical re-runs) and resample the post images and mask straight from their
-   original grids into pre space (one interpolation). QC: identity kept when as good;
-   metric, body-mask Dice within both fields of view and the edge correlation around the
-   tumour before/after; flags (worse than the start, Dice < 0.85, local correlation
-   < 0.85, > 30 mm beyond the initial centring, > 20 deg). A flagged result is retried
-   once with a conservative set-up; then ``params.registration="strict"`` makes it an
-   error, ``"flag"`` records the flags (``"identity"``: no registration). The other
-   sequences follow the reference's transform (assumed aligned with it within an exam);
-5. robust z-score per sequence inside the body mask (median, (p95 - p5) / 3.29), clipped
-   to percentiles, so that centres with different scanner scaling and SNR agree;
+3. resample each exam onto one reference grid (:mod:`utils.geometry`): the reference
+   sequence's orientation and field of view at the profile's target spacing (linear for
+   images, nearest neighbour for masks);
+4. rigidly register post to pre on the resampled reference sequence, with QC
+   (:mod:`utils.registration`), and resample the post images and mask straight from their
+   original grids into pre space (one interpolation). The other sequences follow the
+   reference's transform (assumed aligned with it within an exam);
+5. robust z-score per sequence inside the body mask (:func:`utils.intensity.normalise`);
 6. crop a fixed-size ROI centred on the tumour (union of pre and registered post masks),
-   the same box at both time points; boxes leaving the image are padded, never shifted;
-7. cache one ``.npz`` per patient keyed by the parameters and the input files' checksums.
+   the same box at both time points; boxes leaving the image are padded, never shifted.
 
 The registration transform ``T`` maps a physical point of the pre exam to the corresponding
-point of the post exam (fixed = pre, moving = post), as ITK resampling expects.
-
-CLI: ``python -m utils.preprocess --manifest PATH --out DIR [--profile NAME] [--workers N]
-[--registration {strict,flag,identity}]``.
+point of the post exam (fixed = pre, moving = post), as ITK resampling expects. Caching a
+cohort (keys, verification, the parallel run) is :mod:`utils.cache`, whose CLI this
+module also runs: ``python -m utils.preprocess --manifest PATH --out DIR``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import os
-import sys
 import time
-import traceback
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing import get_context
-from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from .config import (
-    REFERENCE_SEQUENCE,
-    SEQUENCE_NAME,
-    SEQUENCES,
-    TIMEPOINTS,
-    Profile,
-    get_paths,
-    get_profile,
+from .config import REFERENCE_SEQUENCE, SEQUENCE_NAME, SEQUENCES, TIMEPOINTS, Profile, get_profile
+from .errors import InputError, RoiError
+from .geometry import (
+    geometry_of,
+    image_from_geometry,
+    pair_geometry_warnings,
+    reference_grid,
+    resample,
+    resample_mask,
+    sequences_outside_reference,
 )
-from .errors import InputError, PreprocessError, RoiError
-from .errors import RegistrationError as RegistrationError
-from .geometry import pair_geometry_warnings, sequences_outside_reference
 from .imagecheck import plain_itk_error
-from .io import (
-    checksum,
-    save_npz_atomic,
-    sha256_file,
-    write_atomic,
-    write_json_atomic,
-    write_text_atomic,
-)
-from .manifest import ManifestError, cohort_sequences, read_image, require_valid
-from .registration import FALLBACK_REGISTRATION as FALLBACK_REGISTRATION  # re-exported
-from .registration import MODES as REGISTRATION_MODES
-from .registration import dice as dice
+from .intensity import apply_bias_field, body_mask, n4_correct, normalise
+from .manifest import cohort_sequences, read_image
 from .registration import local_region, register_exams, transform_from_meta, transform_to_meta
-from .registration import register_rigid as register_rigid
-from .registration import registration_flags as registration_flags
-from .registration import transform_summary as transform_summary
+from .roi import choose_roi, crop_padded, tumour_box
 
 PIPELINE_VERSION = "2"
 Images = Mapping[str, sitk.Image]
@@ -175,17 +142,14 @@ class PreprocessParams:
                              f"the sequences {list(self.sequences)}")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (tuples as lists), as stored in the cache's ``meta``."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in
                 dataclasses.asdict(self).items()}
 
     def digest(self) -> str:
+        """SHA-256 of the settings and :data:`PIPELINE_VERSION` (part of the cache key)."""
         text = json.dumps({"version": PIPELINE_VERSION, **self.to_dict()}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _as_params(profile: Profile | str | PreprocessParams | None) -> PreprocessParams:
-    return profile if isinstance(profile, PreprocessParams) else PreprocessParams.from_profile(
-        profile)
 
 
 # --------------------------------------------------------------------------- result type
@@ -219,127 +183,7 @@ class PreprocessedPair:
                 "meta_json": np.array(json.dumps(self.meta, sort_keys=True))}
 
 
-# --------------------------------------------------------------------------- geometry helpers
-def geometry(image: sitk.Image) -> dict[str, list]:
-    """The grid of an image as plain lists (x, y, z order, as SimpleITK)."""
-    return {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()),
-            "origin": list(image.GetOrigin()), "direction": list(image.GetDirection())}
-
-
-def image_from_geometry(geom: Mapping[str, Sequence], pixel: int = sitk.sitkUInt8) -> sitk.Image:
-    """An all-zero image on the grid ``geom`` (from :func:`geometry`)."""
-    image = sitk.Image([int(s) for s in geom["size"]], pixel)
-    image.SetSpacing([float(s) for s in geom["spacing"]])
-    image.SetOrigin([float(s) for s in geom["origin"]])
-    image.SetDirection([float(s) for s in geom["direction"]])
-    return image
-
-
-def reference_grid(image: sitk.Image, spacing_zyx: Sequence[float]) -> sitk.Image:
-    """The image's orientation and field of view at the target spacing (empty uint8 image).
-
-    The origin moves by half a voxel difference so that the new grid covers the same
-    physical extent as the original (voxel centres, not corners, sit on the origin).
-    """
-    old_sp = np.array(image.GetSpacing())
-    new_sp = np.array(spacing_zyx[::-1], dtype=float)
-    extent = old_sp * np.array(image.GetSize())
-    size = np.maximum(1, np.round(extent / new_sp)).astype(int)
-    shift = (new_sp - old_sp) / 2.0
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    origin = np.array(image.GetOrigin()) + direction @ shift
-    return image_from_geometry({"size": size.tolist(), "spacing": new_sp.tolist(),
-                                "origin": origin.tolist(), "direction": image.GetDirection()})
-
-
-def resample(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
-             interpolator: int = sitk.sitkLinear, pixel: int = sitk.sitkFloat32,
-             default: float = 0.0) -> sitk.Image:
-    """``image`` sampled on ``reference``'s grid at ``transform(point)``."""
-    tx = transform if transform is not None else sitk.Transform(3, sitk.sitkIdentity)
-    return sitk.Resample(image, reference, tx, interpolator, default, pixel)
-
-
-def resample_mask(mask: sitk.Image, reference: sitk.Image,
-                  transform: sitk.Transform | None = None) -> sitk.Image:
-    """Nearest-neighbour resampling of a label image, binarised to uint8 {0, 1}."""
-    binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
-    return resample(binary, reference, transform, sitk.sitkNearestNeighbor, sitk.sitkUInt8)
-
-
-# --------------------------------------------------------------------------- body mask
-def _fill_holes_in_plane(mask: sitk.Image) -> sitk.Image:
-    """Fill holes, treating the first and last slice as closed (caps of ones).
-
-    Plain 3-D filling leaves cavities that run through the whole stack (rectal lumen,
-    bladder) unfilled because they touch the z faces; capping the stack fills them.
-    """
-    capped = sitk.ConstantPad(mask, [0, 0, 1], [0, 0, 1], 1)
-    filled = sitk.BinaryFillhole(capped, fullyConnected=False, foregroundValue=1)
-    return sitk.Crop(filled, [0, 0, 1], [0, 0, 1])
-
-
-def body_mask(image: sitk.Image, threshold_factor: float = 0.5) -> sitk.Image:
-    """Body (foreground) mask: ``factor`` x Otsu threshold, largest component, hole fill.
-
-    Half the Otsu threshold keeps dark tissue (muscle, rectal wall) that Otsu alone can
-    split off when the body is dominated by bright fat.
-    """
-    img = sitk.Cast(image, sitk.sitkFloat32)
-    otsu = sitk.OtsuThresholdImageFilter()
-    otsu.SetInsideValue(0)
-    otsu.SetOutsideValue(1)
-    otsu.Execute(img)
-    mask = sitk.Cast(img > threshold_factor * otsu.GetThreshold(), sitk.sitkUInt8)
-    labels = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True)
-    mask = sitk.Cast(labels == 1, sitk.sitkUInt8)
-    filled = _fill_holes_in_plane(mask)
-    filled.CopyInformation(image)
-    return filled
-
-
-# --------------------------------------------------------------------------- N4
-def _shrink_factors(image: sitk.Image, coarse_mm: float) -> list[int]:
-    """Per-axis integer shrink giving coarse voxels of about ``coarse_mm`` (>= 4 voxels)."""
-    factors = np.round(coarse_mm / np.array(image.GetSpacing())).astype(int)
-    return [int(max(1, min(f, s // 4 or 1))) for f, s in zip(factors, image.GetSize(),
-                                                             strict=True)]
-
-
-def n4_correct(image: sitk.Image, params: PreprocessParams,
-               mask: sitk.Image | None = None, threads: int = 1
-               ) -> tuple[sitk.Image, sitk.Image]:
-    """N4-correct ``image``; returns ``(corrected, bias_field)`` at full resolution.
-
-    The field is fitted on a shrunk copy inside ``mask`` (default: :func:`body_mask`) and
-    evaluated on the full grid with ``GetLogBiasFieldAsImage``; corrected = image / field.
-    """
-    img = sitk.Cast(image, sitk.sitkFloat32)
-    factors = _shrink_factors(img, params.n4_shrink_mm)
-    small = sitk.Shrink(img, factors)
-    if mask is None:
-        small_mask = body_mask(small, params.body_threshold_factor)
-    else:
-        small_mask = resample_mask(mask, small)
-    small_mask = sitk.Cast((small_mask > 0) & (small > 0), sitk.sitkUInt8)
-    n4 = sitk.N4BiasFieldCorrectionImageFilter()
-    n4.SetMaximumNumberOfIterations([int(i) for i in params.n4_iterations])
-    n4.SetConvergenceThreshold(params.n4_convergence)
-    n4.SetNumberOfControlPoints([params.n4_control_points] * 3)
-    n4.SetSplineOrder(params.n4_spline_order)
-    n4.SetNumberOfThreads(threads)
-    n4.Execute(small, small_mask)
-    bias = sitk.Exp(n4.GetLogBiasFieldAsImage(img))
-    return img / bias, bias
-
-
-def apply_bias_field(image: sitk.Image, bias: sitk.Image) -> sitk.Image:
-    """Divide ``image`` by a bias field defined on another grid (resampled linearly)."""
-    img = sitk.Cast(image, sitk.sitkFloat32)
-    field_on_img = resample(bias, img, default=1.0)
-    return img / sitk.Maximum(field_on_img, 1e-3)
-
-
+# --------------------------------------------------------------------------- N4 policy
 def correct_exam(images: Images, params: PreprocessParams, threads: int = 1
                  ) -> tuple[dict[str, sitk.Image], sitk.Image]:
     """N4 on the reference sequence, the others per the ``n4_others`` policy; returns the
@@ -359,102 +203,6 @@ def correct_exam(images: Images, params: PreprocessParams, threads: int = 1
         else:
             corrected[seq] = sitk.Cast(images[seq], sitk.sitkFloat32)
     return corrected, bias
-
-
-# --------------------------------------------------------------------------- normalisation
-def normalise(image: sitk.Image, mask: sitk.Image, clip_percentiles: Sequence[float],
-              scale_percentiles: Sequence[float] = (5.0, 95.0), clip_z_max: float = 30.0
-              ) -> tuple[np.ndarray, dict[str, float]]:
-    """Robust z-score inside ``mask``: (x - median) / scale, clipped.
-
-    scale = (p95 - p5) / 3.29, the SD for Gaussian data. A wide percentile range measures
-    tissue contrast; the IQR of a fat-dominated pelvis measures mostly noise, so it would
-    make the normalised values depend on each centre's SNR. Clip rule: below at the body's
-    ``clip_percentiles[0]`` percentile (air, coil dropout), above at the smaller of the
-    ``clip_percentiles[1]`` percentile and ``clip_z_max`` robust SDs. Lesions are a small
-    fraction of the body, so an upper percentile clip (the former 99.5th) saturates the
-    hyperintense tumour on DWI (10-25 robust SD on the phantom); the z cap removes only
-    extreme outliers. Returns the float32 (z, y, x) array and the statistics (``clip_lo``
-    is the normalised background used for padding).
-    """
-    arr = sitk.GetArrayFromImage(image).astype(np.float32)
-    inside = arr[sitk.GetArrayViewFromImage(mask) > 0]
-    if inside.size < 10:
-        raise ValueError("body mask is (almost) empty")
-    lo_q, hi_q = (float(q) for q in scale_percentiles)
-    p_lo, s_lo, med, s_hi, p_hi = np.percentile(
-        inside, [clip_percentiles[0], lo_q, 50.0, hi_q, clip_percentiles[1]])
-    z_range = NormalDist().inv_cdf(hi_q / 100) - NormalDist().inv_cdf(lo_q / 100)
-    scale = float(s_hi - s_lo) / z_range or float(np.std(inside)) or 1.0
-    lo, hi = (p_lo - med) / scale, min((p_hi - med) / scale, clip_z_max)
-    out = np.clip((arr - med) / scale, lo, hi).astype(np.float32)
-    return out, {"median": float(med), "scale": scale, "clip_lo": float(lo),
-                 "clip_hi": float(hi)}
-
-
-# --------------------------------------------------------------------------- ROI
-def roi_start(center_zyx: Sequence[float], roi_zyx: Sequence[int]) -> np.ndarray:
-    """Start index of a box of size ``roi_zyx`` centred on a continuous index."""
-    center = np.asarray(center_zyx, dtype=float)
-    size = np.asarray(roi_zyx, dtype=float)
-    return np.floor(center - (size - 1) / 2 + 0.5).astype(int)
-
-
-def tumour_box(mask_zyx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inclusive (lo, hi) index bounds of the non-zero voxels."""
-    idx = np.argwhere(mask_zyx > 0)
-    return idx.min(axis=0), idx.max(axis=0)
-
-
-def crop_padded(array: np.ndarray, start: Sequence[int], size: Sequence[int],
-                pad_value: float | Sequence[float] = 0.0
-                ) -> tuple[np.ndarray, list[list[int]]]:
-    """Crop ``array[start:start+size]`` on the first three axes, padding outside the image.
-
-    ``pad_value`` may be one value per trailing channel. Returns the crop and the padding
-    ``[[before, after], ...]`` per axis (all zero when the box lies inside the image).
-    """
-    start, size = np.asarray(start, int), np.asarray(size, int)
-    shape = np.asarray(array.shape[:3])
-    lo, hi = np.maximum(start, 0), np.minimum(start + size, shape)
-    if np.any(hi <= lo):
-        raise ValueError(f"ROI box {start.tolist()}+{size.tolist()} misses the image "
-                         f"{shape.tolist()}")
-    out = np.empty((*size.tolist(), *array.shape[3:]), dtype=array.dtype)
-    out[...] = np.asarray(pad_value, dtype=array.dtype)
-    src = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start, strict=True))
-    out[dst] = array[src]
-    padding = [[int(lo[i] - start[i]), int(start[i] + size[i] - hi[i])] for i in range(3)]
-    return out, padding
-
-
-def choose_roi(patient_id: str, reference: sitk.Image, roi_zyx: Sequence[int],
-               tumour_zyx: np.ndarray | None, roi_center_mm: Sequence[float] | None
-               ) -> dict[str, Any]:
-    """ROI box on the reference grid from the tumour mask or a physical centre point."""
-    info: dict[str, Any] = {"size_zyx": [int(s) for s in roi_zyx]}
-    if tumour_zyx is not None and tumour_zyx.any():
-        lo, hi = tumour_box(tumour_zyx)
-        extent = hi - lo + 1
-        info.update(source="mask", tumour_lo_zyx=lo.tolist(), tumour_hi_zyx=hi.tolist(),
-                    tumour_extent_zyx=extent.tolist())
-        if np.any(extent > np.asarray(roi_zyx)):
-            raise RoiError(patient_id, f"tumour extent {extent.tolist()} voxels (z, y, x) does "
-                           f"not fit in the ROI box {list(roi_zyx)}")
-        center = (lo + hi) / 2.0
-    elif roi_center_mm is not None:
-        index_xyz = reference.TransformPhysicalPointToContinuousIndex(
-            [float(v) for v in roi_center_mm])
-        center = np.asarray(index_xyz)[::-1]
-        info.update(source="roi_center_mm", center_mm=[float(v) for v in roi_center_mm])
-    else:
-        raise RoiError(patient_id, "no tumour mask voxels and no roi_center_mm to centre the ROI")
-    start = roi_start(center, roi_zyx)
-    if tumour_zyx is not None and tumour_zyx.any():
-        assert np.all(start <= lo) and np.all(start + np.asarray(roi_zyx) > hi)
-    info.update(center_zyx=center.tolist(), start_zyx=start.tolist())
-    return info
 
 
 # --------------------------------------------------------------------------- per pair
@@ -518,6 +266,7 @@ def _normalise_exam(images: Mapping[str, sitk.Image], body: sitk.Image,
 
 def _mask_array(mask: sitk.Image | None, ref: sitk.Image, tx: sitk.Transform | None = None
                 ) -> np.ndarray | None:
+    """A label image resampled onto ``ref`` (through ``tx``) as a uint8 array, or None."""
     if mask is None:
         return None
     return sitk.GetArrayFromImage(resample_mask(mask, ref, tx))
@@ -539,7 +288,8 @@ def preprocess_pair(pre_images: Images, post_images: Images,
     it ``"flag"``: the flags are only recorded in ``meta``). ``files`` (``input_files``
     keys) are named in registration errors.
     """
-    params = _as_params(profile)
+    params = (profile if isinstance(profile, PreprocessParams)
+              else PreprocessParams.from_profile(profile))
     for label, images in (("pre", pre_images), ("post", post_images)):
         _check_inputs(patient_id, images, label, params.sequences, params.reference_sequence)
     with itk_threads(threads):
@@ -582,8 +332,8 @@ def _crop_pair(patient_id: str, ref: sitk.Image, params: PreprocessParams,
     union = None if mask_pre is None else (mask_pre | (0 if mask_post is None else mask_post))
     roi = choose_roi(patient_id, ref, params.roi_zyx, union, roi_center_mm)
     crops, padding = [], None
-    for image, tp in zip(images, TIMEPOINTS, strict=True):
-        pad = [norm[tp][seq]["clip_lo"] for seq in params.sequences]
+    for image, timepoint in zip(images, TIMEPOINTS, strict=True):
+        pad = [norm[timepoint][seq]["clip_lo"] for seq in params.sequences]
         crop, padding = crop_padded(image, roi["start_zyx"], params.roi_zyx, pad)
         crops.append(crop)
     roi.update(padding_zyx=padding, padded=bool(np.any(np.asarray(padding) > 0)))
@@ -599,6 +349,7 @@ def _preprocess_pair(pre_images: Images, post_images: Images, pre_mask: sitk.Ima
                      roi_center_mm: Sequence[float] | None, patient_id: str, threads: int,
                      check_registration: bool, files: Mapping[str, str] | None = None
                      ) -> PreprocessedPair:
+    """The steps of :func:`preprocess_pair` once its inputs are checked and threads set."""
     clock = {"start": time.perf_counter()}
     reference = params.reference_sequence
     ref = reference_grid(pre_images[reference], params.spacing_zyx)
@@ -622,9 +373,9 @@ def _preprocess_pair(pre_images: Images, post_images: Images, pre_mask: sitk.Ima
                                       params.spacing_zyx)
     meta = {"patient_id": patient_id, "pipeline_version": PIPELINE_VERSION,
             "params": params.to_dict(), "sequences": list(params.sequences),
-            "reference_sequence": reference, "reference": geometry(ref),
-            "original": {"pre": geometry(pre_images[reference]),
-                         "post": geometry(post_images[reference])},
+            "reference_sequence": reference, "reference": geometry_of(ref),
+            "original": {"pre": geometry_of(pre_images[reference]),
+                         "post": geometry_of(post_images[reference])},
             "transform": transform_to_meta(tx), "registration": reg_qc, "roi": roi,
             "normalisation": norm, "warnings": warnings}
     qc_images = {"bias_pre": pre["bias"], "bias_post": post["bias"],
@@ -663,6 +414,7 @@ def roi_to_original(mask_roi_zyx: np.ndarray, pair: PreprocessedPair | Mapping[s
 
 # --------------------------------------------------------------------------- manifest I/O
 def _exam_rows(patient_rows: pd.DataFrame, patient_id: str, timepoint: str) -> pd.DataFrame:
+    """One time point's manifest rows of a patient (an InputError when there are none)."""
     rows = patient_rows[patient_rows["timepoint"] == timepoint]
     if rows.empty:
         raise InputError(patient_id, f"no {timepoint} rows in the manifest")
@@ -670,6 +422,7 @@ def _exam_rows(patient_rows: pd.DataFrame, patient_id: str, timepoint: str) -> p
 
 
 def _read(patient_id: str, path: Any) -> sitk.Image:
+    """One input image; a missing path or any reader failure becomes an InputError."""
     if not isinstance(path, str | os.PathLike) or not str(path) or str(path) == "nan":
         raise InputError(patient_id, f"missing file path {path!r}")
     try:
@@ -682,13 +435,13 @@ def input_files(patient_rows: pd.DataFrame) -> dict[str, str]:
     """``{"pre_T2W": path, ..., "pre_mask": path, ...}`` for one patient's rows."""
     patient_id = str(patient_rows["patient_id"].iloc[0])
     files: dict[str, str] = {}
-    for tp in TIMEPOINTS:
-        rows = _exam_rows(patient_rows, patient_id, tp)
+    for timepoint in TIMEPOINTS:
+        rows = _exam_rows(patient_rows, patient_id, timepoint)
         for _, row in rows.iterrows():
-            files[f"{tp}_{row['sequence']}"] = row["image_file"]
+            files[f"{timepoint}_{row['sequence']}"] = row["image_file"]
         masks = [m for m in rows["mask_file"] if isinstance(m, str) and m]
         if masks:
-            files[f"{tp}_mask"] = masks[0]
+            files[f"{timepoint}_mask"] = masks[0]
     return files
 
 
@@ -701,334 +454,20 @@ def preprocess_patient(patient_rows: pd.DataFrame,
     reference first; ``run_preprocessing`` sets them once from the whole manifest.
     """
     patient_id = str(patient_rows["patient_id"].iloc[0])
-    if not isinstance(profile, PreprocessParams):
-        profile = PreprocessParams.from_profile(profile, sequences=cohort_sequences(
-            patient_rows))
-    params = profile
+    params = (profile if isinstance(profile, PreprocessParams) else PreprocessParams.from_profile(
+        profile, sequences=cohort_sequences(patient_rows)))
     files = input_files(patient_rows)
-    images = {tp: {s: _read(patient_id, files[f"{tp}_{s}"]) for s in params.sequences
-                   if f"{tp}_{s}" in files} for tp in TIMEPOINTS}
-    masks = {tp: _read(patient_id, files[f"{tp}_mask"]) if f"{tp}_mask" in files else None
-             for tp in TIMEPOINTS}
+    images = {timepoint: {seq: _read(patient_id, files[f"{timepoint}_{seq}"])
+                          for seq in params.sequences if f"{timepoint}_{seq}" in files}
+              for timepoint in TIMEPOINTS}
+    masks = {timepoint: _read(patient_id, files[f"{timepoint}_mask"])
+             if f"{timepoint}_mask" in files else None for timepoint in TIMEPOINTS}
     return preprocess_pair(images["pre"], images["post"], masks["pre"], masks["post"],
-                           profile, patient_id=patient_id, threads=threads, files=files,
+                           params, patient_id=patient_id, threads=threads, files=files,
                            **kwargs)
 
 
-# --------------------------------------------------------------------------- cache
-def cache_key(params: PreprocessParams, checksums: Mapping[str, str]) -> str:
-    """Hash of the parameters, pipeline version and input files' SHA-256."""
-    text = json.dumps({"params": params.digest(), "inputs": dict(sorted(checksums.items()))},
-                      sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+if __name__ == "__main__":  # the CLI lives in utils.cache (imported here: no cycle)
+    from utils.cache import main
 
-
-def _cache_paths(out_dir: Path, patient_id: str) -> dict[str, Path]:
-    return {"npz": out_dir / f"{patient_id}.npz", "sidecar": out_dir / f"{patient_id}.json",
-            "tfm": out_dir / f"{patient_id}_post_to_pre.tfm"}
-
-
-def _cached_row(paths: Mapping[str, Path], key: str) -> dict[str, Any] | None:
-    """The stored table row if the sidecar key matches and its outputs are intact."""
-    try:
-        row = json.loads(paths["sidecar"].read_text())
-    except (OSError, ValueError):
-        return None
-    if row.get("cache_key") != key:
-        return None
-    if row.get("status") != "ok":
-        return row
-    intact = all(paths[kind].exists() and sha256_file(paths[kind]) == row.get(f"{kind}_sha256")
-                 for kind in ("npz", "tfm"))
-    return row if intact else None
-
-
-CACHE_ARRAYS = ("image_pre", "image_post", "mask_pre", "mask_post", "spacing_zyx")
-
-
-class CacheError(ValueError):
-    """A damaged or unreadable cache file; the message names the patient and the file."""
-
-
-def load_cached(path: str | os.PathLike) -> dict[str, Any]:
-    """A cached patient: the arrays plus ``meta`` (parsed ``meta_json``); no pickle.
-
-    A damaged file raises :class:`CacheError` naming the patient (the file's stem) and the
-    file; ``run_preprocessing`` recomputes such an entry (its checksum no longer matches).
-    """
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            out = {name: data[name] for name in data.files}
-        out["meta"] = json.loads(str(out.pop("meta_json")))
-    except Exception as exc:  # BadZipFile, EOFError, zlib.error, KeyError, ValueError...
-        raise CacheError(f"patient {path.stem}: cache file {path} is damaged or unreadable "
-                         f"({type(exc).__name__}: {exc}); rerun preprocessing to recompute "
-                         "it") from exc
-    return out
-
-
-def _qc_row(pair: PreprocessedPair) -> dict[str, Any]:
-    reg, roi = pair.meta["registration"], pair.meta["roi"]
-    return {"reg_metric_before": reg["metric_before"], "reg_metric_after": reg["metric_after"],
-            "reg_dice_before": reg.get("dice_before"), "reg_dice_after": reg.get("dice_after"),
-            "reg_translation_mm": reg["translation_mm"], "reg_rotation_deg": reg["rotation_deg"],
-            "reg_iterations": reg["iterations"], "reg_attempt": reg["attempt"],
-            "reg_mode": reg["mode"], "reg_kept_identity": reg.get("kept_identity"),
-            "reg_translation_from_init_mm": reg.get("translation_from_init_mm"),
-            "reg_local_ncc_before": reg.get("local_ncc_before"),
-            "reg_local_ncc_after": reg.get("local_ncc_after"),
-            "reg_flags": "; ".join(reg["flags"]),
-            "roi_start_zyx": json.dumps(roi["start_zyx"]),
-            "tumour_extent_zyx": json.dumps(roi.get("tumour_extent_zyx")),
-            "padded": roi["padded"], "padding_zyx": json.dumps(roi["padding_zyx"]),
-            "vol_pre_vox": int(pair.mask_pre.sum()), "vol_post_vox": int(pair.mask_post.sum()),
-            "sequences": " ".join(pair.meta["sequences"]),
-            "warnings": "; ".join(pair.meta["warnings"])}
-
-
-def _write_outputs(pair: PreprocessedPair, paths: Mapping[str, Path], row: dict[str, Any]
-                   ) -> None:
-    """npz, transform, then the sidecar (last: it is what marks the patient as done).
-
-    The sidecar holds both files' checksums, so a damaged file is recomputed on reuse. The
-    transform is also inside the npz's ``meta_json``; the ``.tfm`` is for other ITK tools.
-    """
-    save_npz_atomic(paths["npz"], **pair.arrays())
-    write_atomic(paths["tfm"], lambda tmp: sitk.WriteTransform(pair.transform, str(tmp)))
-    row.update(npz_sha256=sha256_file(paths["npz"]), tfm_sha256=sha256_file(paths["tfm"]))
-    write_json_atomic(paths["sidecar"], row)
-
-
-def check_cache(patient_rows: pd.DataFrame, params: PreprocessParams,
-                out_dir: str | os.PathLike) -> tuple[dict[str, Any], str | None]:
-    """Hash one patient's inputs and look its cache entry up.
-
-    Returns ``(row, key)``: ``key`` is None when ``row`` is already final (a verified cache
-    entry, ``cached=True``, or missing inputs, ``status="error"``); otherwise ``row`` is
-    the start of the row that :func:`compute_to_cache` completes.
-    """
-    t0 = time.perf_counter()
-    first = patient_rows.iloc[0]
-    patient_id = str(first["patient_id"])
-    row: dict[str, Any] = {"patient_id": patient_id,
-                           "cohort": first.get("cohort"), "centre": first.get("centre")}
-    try:
-        files = input_files(patient_rows)
-        missing = [p for p in files.values() if not Path(str(p)).exists()]
-        if missing:
-            raise InputError(patient_id, f"missing input file(s): {', '.join(map(str, missing))}")
-        key = cache_key(params, {role: checksum(p) for role, p in files.items()})
-    except PreprocessError as exc:
-        return {**row, "status": "error", "error_type": type(exc).__name__, "error": str(exc),
-                "cached": False, "seconds": time.perf_counter() - t0}, None
-    cached = _cached_row(_cache_paths(Path(out_dir), patient_id), key)
-    if cached is not None:
-        return {**cached, "cached": True, "seconds": time.perf_counter() - t0}, None
-    return {**row, "cache_key": key}, key
-
-
-def compute_to_cache(patient_rows: pd.DataFrame, params: PreprocessParams,
-                     out_dir: str | os.PathLike, row: dict[str, Any], threads: int = 1
-                     ) -> dict[str, Any]:
-    """Preprocess one patient and write its cache entry; returns the completed table row.
-
-    Errors are reported in the row (``status="error"``), not raised. Known preprocessing
-    errors are cached too (same inputs and parameters give the same failure); unexpected
-    ones are not, so a re-run retries them.
-    """
-    t0 = time.perf_counter()
-    row = dict(row)
-    patient_id = row["patient_id"]
-    paths = _cache_paths(Path(out_dir), patient_id)
-    try:
-        pair = preprocess_patient(patient_rows, params, threads=threads)
-        pair.meta["cache_key"] = row["cache_key"]
-        row.update(status="ok", error_type="", error="", cache_file=paths["npz"].name,
-                   **_qc_row(pair))
-        _write_outputs(pair, paths, row)
-        row["step_seconds"] = json.dumps(pair.timing_s)
-    except PreprocessError as exc:
-        row.update(status="error", error_type=type(exc).__name__, error=str(exc))
-        write_json_atomic(paths["sidecar"], row)
-    except Exception as exc:  # report, never drop, a patient
-        detail = (plain_itk_error(exc) if "ITK" in str(exc) or "itk::" in str(exc)
-                  else traceback.format_exception_only(type(exc), exc)[-1].strip())
-        row.update(status="error", error_type=type(exc).__name__,
-                   error=f"patient {patient_id}: unexpected {detail}")
-    return {**row, "cached": False, "seconds": time.perf_counter() - t0}
-
-
-def process_to_cache(patient_rows: pd.DataFrame, params: PreprocessParams,
-                     out_dir: str | os.PathLike, threads: int = 1) -> dict[str, Any]:
-    """Preprocess one patient into ``out_dir`` unless a verified cache entry exists."""
-    row, key = check_cache(patient_rows, params, out_dir)
-    return row if key is None else compute_to_cache(patient_rows, params, out_dir, row, threads)
-
-
-def _remove_stale_temporaries(out_dir: Path) -> None:
-    """Delete temporary files left by an interrupted run (``.<name>.<random>.<ext>``).
-
-    Assumes one run at a time per cache folder (a concurrent run's temporaries would go).
-    """
-    for pattern in (".*.npz", ".*.json", ".*.tfm", ".processed.*.csv"):
-        for tmp in out_dir.glob(pattern):
-            tmp.unlink(missing_ok=True)
-
-
-def _init_worker(threads: int) -> None:
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-
-
-TABLE_COLUMNS = ["patient_id", "cohort", "centre", "status", "error_type", "error", "cached",
-                 "seconds", "cache_file", "cache_key", "reg_metric_before", "reg_metric_after",
-                 "reg_dice_before", "reg_dice_after", "reg_translation_mm", "reg_rotation_deg",
-                 "reg_iterations", "reg_attempt", "reg_mode", "reg_kept_identity",
-                 "reg_translation_from_init_mm", "reg_local_ncc_before", "reg_local_ncc_after",
-                 "reg_flags", "roi_start_zyx", "tumour_extent_zyx", "padded",
-                 "padding_zyx", "vol_pre_vox", "vol_post_vox", "sequences", "warnings",
-                 "step_seconds"]
-
-
-def _run_all(groups: list[pd.DataFrame], params: PreprocessParams, out_dir: Path,
-             workers: int, progress: bool) -> list[dict[str, Any]]:
-    """Cache look-ups here (cheap), then the patients still to do on ``workers`` processes."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(groups), desc="preprocess", unit="patient", disable=not progress)
-    rows, todo = [], []
-    for group in groups:
-        row, key = check_cache(group, params, out_dir)
-        if key is None:
-            rows.append(row)
-            bar.update()
-        else:
-            todo.append((group, row))
-    workers = max(1, min(workers, len(todo)))
-    if workers == 1:
-        for group, row in todo:
-            rows.append(compute_to_cache(group, params, out_dir, row))
-            bar.update()
-    elif todo:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                 initializer=_init_worker, initargs=(1,)) as pool:
-            futures = [pool.submit(compute_to_cache, g, params, out_dir, r) for g, r in todo]
-            for future in as_completed(futures):
-                rows.append(future.result())
-                bar.update()
-    bar.close()
-    return rows
-
-
-def run_preprocessing(manifest_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                      profile: Profile | str | None = None, workers: int | None = None,
-                      params: PreprocessParams | None = None, progress: bool = True
-                      ) -> pd.DataFrame:
-    """Preprocess every patient of a manifest into ``out_dir`` (default: the profile cache).
-
-    The manifest is validated first (table and files, :func:`utils.manifest.require_valid`):
-    any problem raises :class:`~utils.manifest.ManifestError` listing them all, before
-    anything is written. The sequences are the manifest's (reference first). Patients run
-    in parallel (``workers`` processes, default all cores, one ITK thread each). Writes
-    and returns ``processed.csv``: one row per patient with QC status, registration
-    metrics, geometry warnings, padding and any error; failures are printed, never dropped.
-    """
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    params = params or PreprocessParams.from_profile(prof)
-    workers = workers or os.cpu_count() or 1
-    df = require_valid(manifest_path, reference=params.reference_sequence, workers=workers)
-    params = dataclasses.replace(params, sequences=cohort_sequences(
-        df, params.reference_sequence))
-    out = Path(out_dir) if out_dir is not None else get_paths(prof.name).cache_dir
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out)
-    groups = [g for _, g in df.groupby("patient_id", sort=True)]
-    rows = _run_all(groups, params, out, workers, progress)
-    table = pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
-    table = table.sort_values("patient_id").reset_index(drop=True)
-    write_text_atomic(out / "processed.csv", table.to_csv(index=False))
-    _report_failures(table)
-    return table
-
-
-def _report_failures(table: pd.DataFrame) -> None:
-    failed = table[table["status"] != "ok"]
-    ok = len(table) - len(failed)
-    print(f"preprocessed {ok}/{len(table)} patients "
-          f"({int(table['cached'].fillna(False).sum())} from cache)")
-    for _, row in failed.iterrows():
-        print(f"  FAILED {row['patient_id']}: {row['error']}", file=sys.stderr)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="manifest CSV (default: the profile's manifest)")
-    parser.add_argument("--out", type=Path, default=None, help="cache folder")
-    parser.add_argument("--profile", default=None, help="smoke | demo | paper")
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--registration", choices=REGISTRATION_MODES, default="strict",
-                        help="strict: a registration failing QC is an error; flag: record "
-                        "the QC flags and continue; identity: do not register")
-    add_params_arguments(parser)
-    args = parser.parse_args(argv)
-    prof = get_profile(args.profile)
-    manifest = args.manifest or get_paths(prof.name).manifest
-    try:
-        params = params_from_arguments(args, PreprocessParams.from_profile(
-            prof, registration=args.registration))
-        table = run_preprocessing(manifest, args.out, prof, args.workers, params=params,
-                                  progress=not args.no_progress)
-    except (ManifestError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0 if (table["status"] == "ok").all() else 1
-
-
-def _triple(text: str, kind: type) -> tuple:
-    parts = text.replace("x", ",").split(",")
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected three values z,y,x, not {text!r}")
-    return tuple(kind(p) for p in parts)
-
-
-def add_params_arguments(parser: argparse.ArgumentParser) -> None:
-    """The geometry and sequence options shared by the preprocessing and prediction CLIs."""
-    parser.add_argument("--spacing", type=lambda t: _triple(t, float), default=None,
-                        metavar="Z,Y,X", help="target voxel spacing in mm (default: profile)")
-    parser.add_argument("--roi", default=None, metavar="Z,Y,X[mm]",
-                        help="ROI size in voxels (16,40,40) or millimetres (80,80,80mm), "
-                        "default: profile")
-    parser.add_argument("--reference-sequence", default=None,
-                        help=f"sequence whose grid the masks follow (default "
-                        f"{REFERENCE_SEQUENCE})")
-
-
-def roi_voxels(roi: str, spacing_zyx: Sequence[float]) -> tuple[int, int, int]:
-    """``"16,40,40"`` voxels, or ``"80,80,80mm"`` converted at ``spacing_zyx`` (rounded up)."""
-    if roi.strip().lower().endswith("mm"):
-        mm = _triple(roi.strip()[:-2], float)
-        return tuple(math.ceil(m / s - 1e-6) for m, s in zip(mm, spacing_zyx,
-                                                                    strict=True))
-    return _triple(roi, int)
-
-
-def params_from_arguments(args: argparse.Namespace, base: PreprocessParams
-                          ) -> PreprocessParams:
-    """``base`` with the CLI's ``--spacing``, ``--roi`` and ``--reference-sequence``."""
-    changes: dict[str, Any] = {}
-    if args.spacing is not None:
-        changes["spacing_zyx"] = args.spacing
-    spacing = changes.get("spacing_zyx", base.spacing_zyx)
-    if args.roi is not None:
-        changes["roi_zyx"] = roi_voxels(args.roi, spacing)
-    if args.reference_sequence:
-        changes["reference_sequence"] = args.reference_sequence
-        if args.reference_sequence not in base.sequences:
-            changes["sequences"] = (args.reference_sequence, *base.sequences)
-    return dataclasses.replace(base, **changes)
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

@@ -16,18 +16,17 @@ import pandas as pd
 import SimpleITK as sitk
 
 from . import preprocess as pp
+from .cache import load_cached
+from .geometry import reference_grid, resample
+from .intensity import body_mask, n4_correct, normalise
 from .manifest import exam_files, read_image
+from .segmetrics import largest_slice as tumour_slice  # notebook 01's name for it
 
 
 def exam_images(manifest: pd.DataFrame, patient_id: str, timepoint: str) -> dict[str, sitk.Image]:
     """The raw sequences of one exam, keyed by sequence name."""
     files = exam_files(manifest, patient_id)[timepoint]
     return {name: read_image(path) for name, path in files.items() if name != "mask"}
-
-
-def tumour_slice(mask: sitk.Image) -> int:
-    areas = sitk.GetArrayViewFromImage(mask).reshape(mask.GetSize()[2], -1).sum(axis=1)
-    return int(np.argmax(areas))
 
 
 def _show(ax: plt.Axes, pixels: np.ndarray, title: str, cmap: str = "gray", **kwargs) -> None:
@@ -40,8 +39,8 @@ def _show(ax: plt.Axes, pixels: np.ndarray, title: str, cmap: str = "gray", **kw
 def plot_bias_correction(t2w: sitk.Image, params: pp.PreprocessParams, z_index: int
                          ) -> tuple[plt.Figure, dict[str, float]]:
     """T2W before N4, the fitted bias field, and after; plus the body's coefficient of variation."""
-    corrected, bias = pp.n4_correct(t2w, params)
-    body = sitk.GetArrayFromImage(pp.body_mask(t2w, params.body_threshold_factor)) > 0
+    corrected, bias = n4_correct(t2w, params)
+    body = sitk.GetArrayFromImage(body_mask(t2w, params.body_threshold_factor)) > 0
     raw = sitk.GetArrayFromImage(sitk.Cast(t2w, sitk.sitkFloat32))
     fixed = sitk.GetArrayFromImage(corrected)
     field = sitk.GetArrayFromImage(bias)
@@ -61,10 +60,9 @@ def plot_bias_correction(t2w: sitk.Image, params: pp.PreprocessParams, z_index: 
 
 
 def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
-    """Alternate square tiles of two equally shaped 2D images."""
-    rows, cols = np.indices(a.shape)
-    pattern = ((rows * tiles // a.shape[0]) + (cols * tiles // a.shape[1])) % 2 == 0
-    return np.where(pattern, a, b)
+    """Alternate tiles of two equally shaped 2D images (``SimpleITK.CheckerBoard``)."""
+    images = [sitk.GetImageFromArray(np.asarray(x, dtype=np.float32)) for x in (a, b)]
+    return sitk.GetArrayFromImage(sitk.CheckerBoard(*images, [tiles, tiles]))
 
 
 def _robust(pixels: np.ndarray) -> np.ndarray:
@@ -75,10 +73,10 @@ def _robust(pixels: np.ndarray) -> np.ndarray:
 def plot_registration(pre_t2w: sitk.Image, post_t2w: sitk.Image, transform: sitk.Transform,
                       params: pp.PreprocessParams, z_index: int) -> plt.Figure:
     """Checkerboards of pre and post T2W on the pre grid, before and after registration."""
-    reference = pp.reference_grid(pre_t2w, params.spacing_zyx)
-    fixed = sitk.GetArrayFromImage(pp.resample(pre_t2w, reference))
-    before = sitk.GetArrayFromImage(pp.resample(post_t2w, reference))
-    after = sitk.GetArrayFromImage(pp.resample(post_t2w, reference, transform))
+    reference = reference_grid(pre_t2w, params.spacing_zyx)
+    fixed = sitk.GetArrayFromImage(resample(pre_t2w, reference))
+    before = sitk.GetArrayFromImage(resample(post_t2w, reference))
+    after = sitk.GetArrayFromImage(resample(post_t2w, reference, transform))
     ratio = pre_t2w.GetSpacing()[2] / params.spacing_zyx[0]
     z_ref = round(z_index * ratio)
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.5))
@@ -94,9 +92,9 @@ def body_intensities(image: sitk.Image, params: pp.PreprocessParams, n4: bool = 
                      sample: int = 20000) -> tuple[np.ndarray, np.ndarray]:
     """A fixed sample of body voxels before and after robust z-score normalisation."""
     if n4:
-        image = pp.n4_correct(image, params)[0]
-    body = pp.body_mask(image, params.body_threshold_factor)
-    normalised, _ = pp.normalise(image, body, params.clip_percentiles, params.scale_percentiles,
+        image = n4_correct(image, params)[0]
+    body = body_mask(image, params.body_threshold_factor)
+    normalised, _ = normalise(image, body, params.clip_percentiles, params.scale_percentiles,
                                  params.clip_z_max)
     inside = sitk.GetArrayViewFromImage(body) > 0
     raw = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))[inside]
@@ -134,8 +132,8 @@ def plot_crop_montage(cache_files: Sequence[Path], sequences: Sequence[str] = ("
     fig, axes = plt.subplots(len(cache_files), len(columns),
                              figsize=(1.9 * len(columns), 1.9 * len(cache_files)), squeeze=False)
     for index, (row, path) in enumerate(zip(axes, cache_files, strict=True)):
-        cached = pp.load_cached(path)
-        z = int(np.argmax(cached["mask_pre"].sum(axis=(1, 2))))
+        cached = load_cached(path)
+        z = tumour_slice(cached["mask_pre"])
         for ax, (timepoint, channel, name) in zip(row, columns, strict=True):
             mask = cached[f"mask_{timepoint}"][z]
             title = f"{timepoint} {name}" if index == 0 else ""
@@ -155,14 +153,13 @@ def qc_summary(processed: pd.DataFrame) -> pd.DataFrame:
                            "reg_rotation_deg") if c in processed.columns]
     flagged = processed.get("reg_flags", pd.Series("", index=processed.index)).fillna("")
     warned = processed.get("warnings", pd.Series("", index=processed.index)).fillna("")
-    summary = processed.assign(reg_flagged=flagged.ne(""), warned=warned.ne("")).groupby(
+    return processed.assign(reg_flagged=flagged.ne(""), warned=warned.ne("")).groupby(
         "cohort").agg(
         patients=("patient_id", "size"),
         ok=("status", lambda s: int((s == "ok").sum())),
         flagged=("reg_flagged", "sum"), warned=("warned", "sum"),
         padded=("padded", lambda s: int(s.fillna(False).astype(bool).sum())),
         **{f"{c.removeprefix('reg_')} (median)": (c, "median") for c in numeric})
-    return summary
 
 
 def dwi_clip_comparison(manifest: pd.DataFrame, patient_ids: Sequence[str],

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.metrics import log_loss
 
 from .repro import derive_seed
+from .stats import roc_auc, sigmoid
 
 K_FOLDS = 5
 C_GRID: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 1, 11))
@@ -68,10 +69,6 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, fl
     return coef, float(model.intercept_[0] - coef @ mean)
 
 
-def _sigmoid(t: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-t))
-
-
 def out_of_fold(x: np.ndarray, y: np.ndarray, folds: np.ndarray, c: float) -> np.ndarray:
     """Out-of-fold probabilities: each fold predicted by a fit on the other folds."""
     oof = np.zeros(len(y))
@@ -81,7 +78,7 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, folds: np.ndarray, c: float) -> np
             oof[held] = y[~held].mean()
             continue
         coef, intercept = fit_logistic(x[~held], y[~held], c)
-        oof[held] = _sigmoid(x[held] @ coef + intercept)
+        oof[held] = sigmoid(x[held] @ coef + intercept)
     return oof
 
 
@@ -140,7 +137,7 @@ def fit_readout(x: np.ndarray, y: np.ndarray, folds: np.ndarray,
         for c in c_grid:
             oofs[name, c] = out_of_fold(x[:, columns], y, folds, c)
             rows.append({"features": name, "n_features": int(columns.sum()), "C": c,
-                         "oof_auc": float(roc_auc_score(y, oofs[name, c])),
+                         "oof_auc": roc_auc(y, oofs[name, c]),
                          "oof_log_loss": float(log_loss(y, np.clip(oofs[name, c], 1e-7,
                                                                    1 - 1e-7)))})
     cv = pd.DataFrame(rows)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import SimpleITK as sitk
 
+from . import segmetrics
 from .errors import RegistrationError
 from .geometry import box_overlap, corners, physical_box
 from .imagecheck import itk_words
@@ -70,9 +71,10 @@ class Names:
     def of(cls, patient_id: str, sequence: str = "T2W",
            files: Mapping[str, Any] | None = None) -> Names:
         """Labels ``"pre T2W (file)"`` from ``input_files``-style keys (``pre_T2W``)."""
-        paths = {tp: (files or {}).get(f"{tp}_{sequence}") for tp in ("pre", "post")}
-        return cls(patient_id, *(f"{tp} {sequence}" + (f" ({p})" if p else "")
-                                 for tp, p in paths.items()))
+        paths = {timepoint: (files or {}).get(f"{timepoint}_{sequence}")
+                 for timepoint in ("pre", "post")}
+        return cls(patient_id, *(f"{timepoint} {sequence}" + (f" ({path})" if path else "")
+                                 for timepoint, path in paths.items()))
 
     def error(self, message: str, detail: str = "") -> RegistrationError:
         itk = f" (ITK: {detail})" if detail else ""
@@ -240,16 +242,6 @@ def fov_overlap(fixed: sitk.Image, moving: sitk.Image, tx: sitk.Transform) -> fl
     return box_overlap(physical_box(fixed), (moved.min(axis=0), moved.max(axis=0)))
 
 
-def dice(a: sitk.Image, b: sitk.Image, region: np.ndarray | None = None) -> float:
-    """Dice overlap of two binary images on the same grid (within ``region`` if given)."""
-    x = sitk.GetArrayViewFromImage(a) > 0
-    y = sitk.GetArrayViewFromImage(b) > 0
-    if region is not None:
-        x, y = x & region, y & region
-    total = int(x.sum() + y.sum())
-    return 1.0 if total == 0 else 2.0 * int((x & y).sum()) / total
-
-
 def _fov_dice(fixed_mask: sitk.Image, moving_mask: sitk.Image, tx: sitk.Transform
               ) -> float | None:
     """Body-mask Dice where the moving field of view (through ``tx``) covers the fixed grid
@@ -259,7 +251,10 @@ def _fov_dice(fixed_mask: sitk.Image, moving_mask: sitk.Image, tx: sitk.Transfor
     fov = sitk.Resample(binary * 0 + 1, fixed_mask, tx, sitk.sitkNearestNeighbor, 0,
                         sitk.sitkUInt8)
     region = sitk.GetArrayViewFromImage(fov) > 0
-    return dice(fixed_mask, moved, region) if region.any() else None
+    if not region.any():
+        return None
+    inside = [sitk.GetArrayViewFromImage(m) > 0 for m in (fixed_mask, moved)]
+    return segmetrics.dice(inside[0] & region, inside[1] & region)
 
 
 def edges(image: sitk.Image) -> sitk.Image:

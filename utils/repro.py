@@ -18,7 +18,7 @@ def set_seeds(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and Keras (hence the backend) and turn on op determinism."""
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - seeds the legacy global state third-party code uses
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -35,6 +35,11 @@ def derive_seed(base_seed: int, *keys: object) -> int:
     """
     text = "/".join([str(base_seed), *map(str, keys)])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+def derived_rng(base_seed: int, *keys: object) -> np.random.Generator:
+    """A NumPy generator seeded by :func:`derive_seed` (same keys, same stream)."""
+    return np.random.default_rng(derive_seed(base_seed, *keys))
 
 
 def versions() -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Segmentation agreement metrics (Dice, HD95, mean surface distance, volume) via SimpleITK.
+"""Segmentation agreement metrics (Dice, HD95, mean surface distance, volume) via SimpleITK,
+and the tumour's largest slice (:func:`largest_slice`, for figures).
 
 Masks are NumPy arrays in (z, y, x) order with ``spacing_zyx`` in mm, or SimpleITK images
 (spacing taken from the image). Input is binarised as ``value > threshold`` (default 0, so
@@ -149,6 +150,15 @@ def volume_ml(mask: MaskLike, spacing_zyx: Sequence[float] | None = None,
     """Volume in ml: number of voxels × voxel volume (mm^3) / 1000."""
     binary, spacing = _as_binary(mask, spacing_zyx, threshold)
     return float(binary.sum() * np.prod(spacing) / 1000.0)
+
+
+def largest_slice(mask: MaskLike) -> int:
+    """Index along z of the slice with the most foreground (> 0) voxels of a (z, y, x) mask
+    (array or SimpleITK image): the tumour's largest slice; the middle slice when the mask
+    is empty."""
+    array = sitk.GetArrayViewFromImage(mask) if isinstance(mask, sitk.Image) else mask
+    areas = (np.asarray(array) > 0).reshape(len(array), -1).sum(axis=1)
+    return int(np.argmax(areas)) if areas.any() else len(array) // 2
 
 
 def segmentation_metrics(a: MaskLike, b: MaskLike, spacing_zyx: Sequence[float] | None = None,

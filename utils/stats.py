@@ -81,7 +81,32 @@ def _z_quantile(level: float) -> float:
     return float(stats.norm.ppf((1 + level) / 2))
 
 
+# ----------------------------------------------------------------------------- transforms
+
+def logit(p, eps: float = 1e-6) -> np.ndarray:
+    """log(p / (1 - p)) with p clipped to [eps, 1 - eps]."""
+    p = np.clip(np.asarray(p, dtype=float), eps, 1 - eps)
+    return np.log(p / (1 - p))
+
+
+def sigmoid(t) -> np.ndarray:
+    """The logistic function 1 / (1 + exp(-t)), the inverse of :func:`logit`."""
+    return 1.0 / (1.0 + np.exp(-t))
+
+
 # ----------------------------------------------------------------------------- AUC, DeLong
+
+def undefined_reason(y_true) -> str:
+    """Why a two-class statistic (AUC, sensitivity with specificity, ...) is undefined for
+    labels ``y_true`` ('' when it is defined)."""
+    y = np.asarray(y_true)
+    n_pos = int(np.sum(y))
+    if y.size == 0:
+        return "no patients"
+    if n_pos in (0, y.size):
+        return f"one class only ({y.size - n_pos} non-pCR, {n_pos} pCR)"
+    return ""
+
 
 def variance_undefined(y_true) -> str:
     """Why the DeLong variance of an AUC is undefined for labels ``y_true`` ('' if defined).
@@ -104,6 +129,12 @@ def roc_auc(y_true, score) -> float:
     (sklearn ``roc_auc_score``, trapezoidal rule, which is identical)."""
     y, s = _check_scores(y_true, score)
     return float(roc_auc_score(y, s))
+
+
+def auc_or_nan(y_true, score) -> float:
+    """:func:`roc_auc`, or NaN when ``y_true`` does not hold both classes."""
+    y = np.asarray(y_true).ravel()
+    return roc_auc(y, np.asarray(score).ravel()) if np.unique(y).size == 2 else float("nan")
 
 
 def _structural_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -228,6 +259,19 @@ def delong_unpaired_test(y1, s1, y2, s2, alternative: str = "two-sided") -> dict
 
 
 # ----------------------------------------------------------------------------- bootstrap
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm step-down adjusted p-values (NaNs are ignored and stay NaN)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    order = valid[np.argsort(p[valid], kind="stable")]
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[index]))
+        out[index] = running
+    return out
+
 
 def _auc_from_groups(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:
     """Vectorised Mann-Whitney AUC of positives vs negatives along ``axis``."""

@@ -1,0 +1,115 @@
+"""Tests of utils.data: split, leakage guard, balanced sampling and the dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.synthetic import (
+    CFG,
+    COHORT_SIZES,
+    ROI,
+    paths_under,
+    tiny_profile,
+    write_synthetic_cohort,
+)
+from utils import data as dt
+from utils.model import VARIANTS
+from utils.modelcard import correct_prior
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_cohort(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(cohort: Path) -> dt.TrainData:
+    return dt.prepare_data(tiny_profile(), paths_under(cohort, "run_a"), CFG.tune_fraction)
+
+
+# --------------------------------------------------------------------------- split, leakage
+def test_split_is_training_only_stratified_and_saved(cohort: Path, data: dt.TrainData):
+    split = pd.read_csv(paths_under(cohort, "run_a").split_csv, dtype={"patient_id": str})
+    assert list(split.columns) == ["patient_id", "subset"]
+    assert set(split["subset"]) == {"fit", "tune"}
+    cohort_of = data.patients.set_index("patient_id")["cohort"]
+    assert set(cohort_of[split["patient_id"]]) == {"training"}
+    assert len(split) == COHORT_SIZES["training"]
+    tune = data.patients[data.patients["subset"] == "tune"]
+    n_pos = int(data.patients.query("cohort == 'training'")["pcr"].sum())
+    n_neg = COHORT_SIZES["training"] - n_pos
+    assert set(tune["pcr"]) == {0, 1} and len(tune) == round(0.2 * n_pos) + round(0.2 * n_neg)
+    again = dt.make_split(data.patients.drop(columns="subset"), 0.2, tiny_profile().seed)
+    pd.testing.assert_frame_equal(split, again)
+
+
+def test_datasets_iterate_only_fit_and_tune_patients(data: dt.TrainData):
+    fit, tune = data.ids("fit"), data.ids("tune")
+    assert not set(fit) & set(tune)
+    ds = dt.RPNetDataset(data.arrays, fit, "full", 4, training=True, pcr_fraction=0.5)
+    seen = {p for e in range(3) for p in ds.epoch_order(e)}
+    assert seen == set(fit)
+    dt.check_no_leak(data, fit + tune)
+    with pytest.raises(ValueError, match="validation-cohort"):
+        dt.check_no_leak(data, [*fit, data.ids(cohort="external_validation")[0]])
+
+
+# --------------------------------------------------------------------------- sampling
+def test_balanced_sampling_rate():
+    ids = [f"P{i:02d}" for i in range(40)]
+    labels = {p: int(i < 10) for i, p in enumerate(ids)}
+    epoch = dt.balanced_epoch(ids, labels, 0.5, np.random.default_rng(0))
+    positives = [p for p in epoch if labels[p]]
+    assert len(positives) == 30 and len(epoch) == 60
+    assert all(epoch.count(p) == 3 for p in ids[:10])
+    assert all(epoch.count(p) == 1 for p in ids[10:])
+    natural = dt.balanced_epoch(ids, labels, None, np.random.default_rng(0))
+    assert sorted(natural) == sorted(ids)
+    assert dt.epoch_fraction(ids, labels, 0.5) == pytest.approx(0.5)
+    assert correct_prior(np.array([0.5]), 0.5, 0.25)[0] == pytest.approx(0.25)
+
+
+def test_dataset_epochs_hit_the_fraction_and_whole_batches(data: dt.TrainData):
+    ds = dt.RPNetDataset(data.arrays, data.ids("fit"), "full", 4, training=True,
+                         pcr_fraction=0.5)
+    order = ds.epoch_order(0)
+    assert len(order) % 4 == 0
+    frac = np.mean([data.arrays[p].pcr for p in order])
+    assert abs(frac - 0.5) < 0.1
+    fixed = dt.RPNetDataset(data.arrays, data.ids("fit"), "full", 4, training=True,
+                            pcr_fraction=0.5, steps_per_epoch=7)
+    assert len(fixed) == 7 and len(fixed.epoch_order(2)) == 28
+
+
+# --------------------------------------------------------------------------- dataset
+def test_augmentation_is_deterministic_per_seed_epoch_index(data: dt.TrainData):
+    def dataset() -> dt.RPNetDataset:
+        return dt.RPNetDataset(data.arrays, data.ids("fit"), "full", 4, training=True,
+                               seed=5, pcr_fraction=0.5, epoch=3)
+
+    a, b = dataset(), dataset()
+    later = b[2]  # other batches first: no dependence on fetch order
+    first = a[0]
+    for key in first[0]:
+        np.testing.assert_array_equal(first[0][key], b[0][0][key])
+        np.testing.assert_array_equal(a[2][0][key], later[0][key])
+    for key in first[1]:
+        np.testing.assert_array_equal(first[1][key], b[0][1][key])
+    b.epoch = 4
+    assert not np.array_equal(first[0]["pre"], b[0][0]["pre"])
+    assert set(first[0]) == {"pre", "post"}
+    assert first[1]["mask_pre"].shape == (4, *ROI, 1) and first[1]["pcr"].shape == (4, 1)
+
+
+def test_dataset_filters_to_variant_inputs_and_outputs(data: dt.TrainData):
+    for variant in ("pre_only", "single_task"):
+        ds = dt.RPNetDataset(data.arrays, data.ids("fit"), variant, 2)
+        x, y = ds[0]
+        assert set(x) == set(VARIANTS[variant].inputs)
+        assert set(y) == set(VARIANTS[variant].outputs)

@@ -1,0 +1,206 @@
+"""RP-Net's custom Keras objects: layers of the tumour-guided head, losses and a metric.
+
+All use ``keras.ops`` only (TensorFlow, JAX and PyTorch backends) and are registered for
+serialisation under the package ``rpnet``, so ``.keras`` files load with
+``keras.saving.load_model(path, safe_mode=True)`` once this module is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import layers, ops
+
+PACKAGE = "rpnet"
+Shape = tuple[int, ...]
+
+
+# --------------------------------------------------------------------------- custom objects
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AbsDifference(layers.Layer):
+    """``|a - b|`` of two tensors of one shape."""
+
+    def call(self, inputs: Sequence) -> object:
+        a, b = inputs
+        return ops.abs(ops.subtract(a, b))
+
+    def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
+        return input_shape[0]
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MaskedAverage(layers.Layer):
+    """Per-channel mean of ``x`` (B, z, y, x, C) weighted by ``w`` (B, z, y, x, 1).
+
+    ``sum(w * x) / (sum(w) + epsilon)``: the mean inside a soft tumour mask; an empty mask
+    gives 0. Computed in float32 whatever the dtype policy (sums over many voxels).
+    """
+
+    def __init__(self, epsilon: float = 1.0, **kwargs) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+
+    def call(self, inputs: Sequence) -> object:
+        x, w = (ops.cast(t, "float32") for t in inputs)
+        axes = (1, 2, 3)
+        return ops.sum(x * w, axis=axes) / (ops.sum(w, axis=axes) + self.epsilon)
+
+    def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
+        return (input_shape[0][0], input_shape[0][-1])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MaskedMoments(MaskedAverage):
+    """Per-channel mean and standard deviation of ``x`` inside the soft mask ``w``:
+    ``(B, 2C)`` = [means, SDs] (an empty mask gives zeros). Float32."""
+
+    def call(self, inputs: Sequence) -> object:
+        x, w = (ops.cast(t, "float32") for t in inputs)
+        mean = super().call([x, w])
+        second = super().call([x * x, w])
+        return ops.concatenate([mean, ops.sqrt(ops.relu(second - mean * mean) + 1e-12)], -1)
+
+    def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
+        return (input_shape[0][0], 2 * input_shape[0][-1])
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SoftUnion(layers.Layer):
+    """Probabilistic union ``1 - prod(1 - m)`` of soft masks of one shape."""
+
+    def call(self, inputs: Sequence) -> object:
+        outside = ops.ones_like(inputs[0])
+        for mask in inputs:
+            outside = outside * (1.0 - mask)
+        return 1.0 - outside
+
+    def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
+        return input_shape[0]
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class StopGradient(layers.Layer):
+    """Identity in the forward pass (or ``x >= threshold`` as 0/1 when a threshold is given);
+    no gradient flows back through it."""
+
+    def __init__(self, threshold: float | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.threshold = threshold
+
+    def call(self, inputs):
+        if self.threshold is not None:
+            inputs = ops.cast(inputs >= self.threshold, inputs.dtype)
+        return ops.stop_gradient(inputs)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "threshold": self.threshold}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LogVolumes(layers.Layer):
+    """``log(1 + soft voxel count)`` of each mask and, for two masks, ``log(V2+1) - log(V1+1)``
+    (the log volume ratio post/pre). Float32."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, inputs: Sequence) -> object:
+        logs = [ops.log1p(ops.sum(ops.cast(m, "float32"), axis=(1, 2, 3))) for m in inputs]
+        if len(logs) == 2:
+            logs.append(logs[1] - logs[0])
+        return ops.concatenate(logs, axis=-1)
+
+    def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
+        n = len(input_shape)
+        return (input_shape[0][0], n + (n == 2))
+
+
+def _sample_axes(x) -> tuple[int, ...]:
+    return tuple(range(1, len(x.shape)))
+
+
+def soft_dice_loss(y_true, y_pred, smooth: float = 1.0):
+    """Per-sample soft Dice loss ``1 - (2|A.B| + s) / (|A| + |B| + s)`` (keras.ops)."""
+    y_true = ops.cast(y_true, y_pred.dtype)
+    axes = _sample_axes(y_pred)
+    intersection = ops.sum(y_true * y_pred, axis=axes)
+    total = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
+    return 1.0 - (2.0 * intersection + smooth) / (total + smooth)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DiceBCELoss(keras.losses.Loss):
+    """Soft Dice (per sample, smoothed) plus voxel-mean binary cross-entropy."""
+
+    def __init__(self, smooth: float = 1.0, dice_weight: float = 1.0, bce_weight: float = 1.0,
+                 name: str = "dice_bce", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.smooth, self.dice_weight, self.bce_weight = smooth, dice_weight, bce_weight
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, y_pred.dtype)
+        bce = ops.mean(ops.binary_crossentropy(y_true, y_pred), axis=_sample_axes(y_pred))
+        dice = soft_dice_loss(y_true, y_pred, self.smooth)
+        return self.dice_weight * dice + self.bce_weight * bce
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "smooth": self.smooth,
+                "dice_weight": self.dice_weight, "bce_weight": self.bce_weight}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class WeightedBCELoss(keras.losses.Loss):
+    """Binary cross-entropy with the positive class weighted by ``pos_weight``."""
+
+    def __init__(self, pos_weight: float = 1.0, name: str = "weighted_bce", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.pos_weight = float(pos_weight)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, y_pred.dtype)
+        eps = keras.config.epsilon()
+        p = ops.clip(y_pred, eps, 1.0 - eps)
+        loss = -(self.pos_weight * y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
+        return ops.mean(loss, axis=-1)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "pos_weight": self.pos_weight}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DiceMetric(keras.metrics.Metric):
+    """Mean per-sample Dice of masks thresholded at ``threshold`` (empty vs empty = 1)."""
+
+    def __init__(self, threshold: float = 0.5, name: str = "dice", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.threshold = threshold
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
+        pred = ops.cast(y_pred > self.threshold, "float32")
+        true = ops.cast(ops.reshape(y_true, ops.shape(pred)) > 0.5, "float32")
+        axes = _sample_axes(pred)
+        inter = ops.sum(true * pred, axis=axes)
+        size = ops.sum(true, axis=axes) + ops.sum(pred, axis=axes)
+        dice = (2.0 * inter + 1e-6) / (size + 1e-6)
+        weight = ops.ones_like(dice) if sample_weight is None else ops.reshape(
+            ops.cast(sample_weight, "float32"), ops.shape(dice))
+        self.total.assign_add(ops.sum(dice * weight))
+        self.count.assign_add(ops.sum(weight))
+
+    def result(self):
+        return ops.divide_no_nan(self.total, self.count)
+
+    def reset_state(self) -> None:
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "threshold": self.threshold}
