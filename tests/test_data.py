@@ -113,3 +113,14 @@ def test_dataset_filters_to_variant_inputs_and_outputs(data: dt.TrainData):
         x, y = ds[0]
         assert set(x) == set(VARIANTS[variant].inputs)
         assert set(y) == set(VARIANTS[variant].outputs)
+
+
+def test_require_training_only_names_validation_patients():
+    from utils.data import require_training_only
+
+    cohorts = {"TR1": "training", "IV1": "internal_validation", "EV1": "external_validation"}
+    require_training_only(["TR1"], cohorts)
+    with pytest.raises(ValueError, match=r"\['EV1', 'IV1'\]"):
+        require_training_only(["TR1", "IV1", "EV1"], cohorts)
+    with pytest.raises(ValueError, match="XX"):
+        require_training_only(["XX"], cohorts)  # unknown patient: not known to be training

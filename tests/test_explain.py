@@ -71,3 +71,23 @@ def test_gradcam_patients_are_the_most_confident_correct_calls():
                            "pcr": [1, 1, 0, 0, 1], "score": [0.7, 0.9, 0.2, 0.1, 0.99]})
     picks = xp.pick_gradcam_patients(scores)
     assert list(picks["patient_id"]) == ["B", "D"]
+
+
+def test_attribution_panels_show_the_channel_and_measure_the_share_in_the_tumour(tiny_rpnet,
+                                                                                tmp_path):
+    import pandas as pd
+
+    from utils.io import save_npz_atomic
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((8, 16, 16), np.uint8)
+    mask[2:6, 4:12, 4:12] = 1
+    image = rng.normal(size=(8, 16, 16, 2)).astype(np.float32)
+    save_npz_atomic(tmp_path / "P1.npz", image_pre=image, image_post=image, mask_pre=mask,
+                    mask_post=mask, spacing_zyx=np.ones(3), meta_json=np.array("{}"))
+    patients = pd.DataFrame({"patient_id": ["P1"], "pcr": [1], "score": [0.8]})
+    panels, shares = xp.attribution_panels(tiny_rpnet, patients, {"P1": tmp_path / "P1.npz"},
+                                           channel=1)
+    np.testing.assert_array_equal(panels[0]["images"]["pre"], image[..., 1])
+    assert panels[0]["title"] == "P1 (pCR, p=0.80)"
+    assert 0.0 <= shares.loc[0, "inside_tumour_pre"] <= 1.0

@@ -219,6 +219,28 @@ def _draw_joins(ax, depth: int, spec: VariantSpec, comparison: str, ends: dict) 
         _arrow(ax, (-1.4, -0.4), (-1.4, -3.7), "0.4", "<|-|>")
 
 
+# --------------------------------------------------------------------------- forward pass
+def plot_forward_pass(sample: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+                      ) -> plt.Figure:
+    """Pre and post T2W (channel 0) through the largest tumour slice with the mask contours,
+    beside the network's two predicted masks for that sample (``outputs``: batch of one)."""
+    from .segmetrics import largest_slice
+
+    z = largest_slice(sample["mask_pre"])
+    panels = [("pre T2W", sample["image_pre"][z, ..., 0], sample["mask_pre"][z]),
+              ("post T2W", sample["image_post"][z, ..., 0], sample["mask_post"][z]),
+              ("mask_pre output", outputs["mask_pre"][0, z, ..., 0], None),
+              ("mask_post output", outputs["mask_post"][0, z, ..., 0], None)]
+    fig, axes = plt.subplots(1, 4, figsize=(9, 2.6))
+    for ax, (title, image, contour) in zip(axes, panels, strict=True):
+        ax.imshow(image, cmap="gray")
+        if contour is not None and contour.any():
+            ax.contour(contour, levels=[0.5], colors="tab:red", linewidths=0.8)
+        ax.set_title(title)
+        ax.set_axis_off()
+    return fig
+
+
 # --------------------------------------------------------------------------- head figure
 def pooled_region(mask_zyx: np.ndarray, pool_size: Sequence[int]) -> np.ndarray:
     """Block means of a (z, y, x) mask over ``pool_size`` blocks (as AveragePooling3D)."""

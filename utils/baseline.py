@@ -27,6 +27,7 @@ import pandas as pd
 from . import segmetrics
 from .cache import load_cached
 from .config import SEQUENCES, cache_files, predicted_masks_file
+from .inference import load_predicted_masks
 from .readout import fit_logistic, out_of_fold
 from .stats import sigmoid
 
@@ -76,8 +77,7 @@ def feature_table(patients: pd.DataFrame, cache_dir: str | Path,
         cache = load_cached(cache_file)
         arrays = cache
         if masks is not None:
-            with np.load(mask_file, allow_pickle=False) as predicted:
-                arrays = {k: predicted[k] for k in ("mask_pre", "mask_post")}
+            arrays = load_predicted_masks(mask_file)
         sequences = list(cache["meta"].get("sequences", SEQUENCES))
         dwi = sequences.index("DWI") if "DWI" in sequences else None
         features = tumour_features(cache["image_post"], arrays["mask_pre"],

@@ -36,6 +36,7 @@ import SimpleITK as sitk
 from .config import (
     REFERENCE_SEQUENCE,
     Profile,
+    as_profile,
     cache_files,
     get_paths,
     get_profile,
@@ -263,7 +264,7 @@ def run_preprocessing(manifest_path: str | os.PathLike, out_dir: str | os.PathLi
     and returns ``processed.csv``: one row per patient with QC status, registration
     metrics, geometry warnings, padding and any error; failures are printed, never dropped.
     """
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    prof = as_profile(profile)
     params = params or PreprocessParams.from_profile(prof)
     workers = workers or os.cpu_count() or 1
     df = require_valid(manifest_path, reference=params.reference_sequence, workers=workers)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import SimpleITK as sitk
 
-from .config import COHORTS, ROOT, Profile, get_profile
+from .config import COHORTS, ROOT, Profile, as_profile, get_profile
 from .io import sha256_file, write_atomic
 from .phantom import CENTRES, COHORT_PREFIX, acquire, draw_patient
 
@@ -98,7 +98,7 @@ def generate_cohort(profile: str | Profile, out_dir: str | Path, workers: int | 
     reproduce its checksums bit for bit, else :class:`NotBitStableError` names them and the
     manifest is left untouched. Paths in the manifest are relative to its own folder.
     """
-    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    profile = as_profile(profile)
     out_dir = Path(out_dir).resolve()
     manifest_path = Path(manifest_path or out_dir / "manifest.csv").resolve()
     plan = cohort_plan(profile)

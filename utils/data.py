@@ -209,8 +209,13 @@ def prepare_data(profile: Profile | str | None, paths: Paths, tune_fraction: flo
 
 def check_no_leak(data: TrainData, ids: Iterable[str]) -> None:
     """Raise if any of ``ids`` is not a training-cohort patient."""
-    cohort = data.patients.set_index("patient_id")["cohort"]
-    bad = sorted(p for p in set(ids) if cohort.get(p) != "training")
+    require_training_only(ids, data.patients.set_index("patient_id")["cohort"])
+
+
+def require_training_only(ids: Iterable[str], cohort_of: Mapping[str, str]) -> None:
+    """Raise, naming them, if any of ``ids`` (split, folds, fit batches) is not a
+    training-cohort patient according to ``cohort_of`` (patient id -> cohort)."""
+    bad = sorted(p for p in set(ids) if cohort_of.get(p) != "training")
     if bad:
         raise ValueError(f"validation-cohort patients would reach training or model selection: "
                          f"{bad[:10]}")

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from .cache import load_cached
 from .config import SEQUENCES, TIMEPOINTS, processed_csv
 from .plots import empty_panel, overlay
 from .scoring import MAIN_MODEL, VALIDATION_COHORTS
@@ -145,10 +147,32 @@ def pick_gradcam_patients(scores: pd.DataFrame, model: str = MAIN_MODEL,
     return pd.concat(picks, ignore_index=True)
 
 
+def attribution_panels(network: Any, patients: pd.DataFrame, cache_files: Mapping[str, Path],
+                       channel: int) -> tuple[list[dict], pd.DataFrame]:
+    """Attribution maps of ``patients`` (rows of ``patient_id, pcr, score``) for
+    :func:`plot_grad_cam`, showing input ``channel``, and each map's share inside the
+    pre-treatment tumour."""
+    panels, shares = [], []
+    for _, patient in patients.iterrows():
+        cached = load_cached(cache_files[patient["patient_id"]])
+        x = {b: cached[f"image_{b}"].astype(np.float32) for b in ("pre", "post")}
+        maps = input_attribution(network, x, target_class=int(patient["pcr"]))
+        masks = {t: cached[f"mask_{t}"] for t in ("pre", "post")}
+        label = "pCR" if patient["pcr"] else "non-pCR"
+        panels.append({"title": f"{patient['patient_id']} ({label}, p={patient['score']:.2f})",
+                       "images": {b: v[..., channel] for b, v in x.items()}, "masks": masks,
+                       "maps": maps})
+        shares.append({"patient_id": patient["patient_id"], "label": label, **{
+            f"inside_tumour_{b}": float(maps[b][masks["pre"] > 0].sum() / max(maps[b].sum(),
+                                                                            1e-12))
+            for b in maps}})
+    return panels, pd.DataFrame(shares)
+
+
 def cached_inputs(cache_file: str | Path, names: Iterable[str]) -> dict[str, np.ndarray]:
     """Network inputs ``{"pre": image_pre, "post": image_post}`` (z, y, x, C) from a cache file."""
-    with np.load(cache_file, allow_pickle=False) as data:
-        return {name: data[f"image_{name}"].astype(np.float32) for name in names}
+    cached = load_cached(cache_file)
+    return {name: cached[f"image_{name}"].astype(np.float32) for name in names}
 
 
 def cached_sequences(cache_dir: str | Path) -> list[str]:

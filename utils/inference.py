@@ -25,6 +25,13 @@ if TYPE_CHECKING:
     from .config import Paths
     from .data import PatientArrays, TrainData
 
+def load_predicted_masks(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """One run's predicted masks of one patient (the file :func:`predict_variant` writes):
+    ``mask_pre`` and/or ``mask_post`` (uint8, ROI grid) and ``spacing_zyx``."""
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
 PREDICTION_COLUMNS = ["model", "seed", "patient_id", "cohort", "centre", "pcr", "score",
                       "score_source",
                       "vol_pre_true_ml", "vol_post_true_ml", "vol_pre_pred_ml", "vol_post_pred_ml",

@@ -18,6 +18,7 @@ from . import stats as st
 from .cache import load_cached
 from .config import COHORTS, TIMEPOINTS, cache_files, predicted_masks_file
 from .evaluate import PRIMARY_METHOD
+from .inference import load_predicted_masks
 from .scoring import (
     ABLATIONS,
     COHORT_LABELS,
@@ -272,12 +273,11 @@ def plot_overlays(cases: pd.DataFrame, cache_dir: str | Path, masks_dir: str | P
         empty_panel(axes[0, 0], "overlays", "no segmented validation patients")
         return fig
     for row_axes, (_, case) in zip(axes, cases.iterrows(), strict=True):
-        with np.load(cache_files(cache_dir, case["patient_id"])["npz"]) as ref, np.load(
-                predicted_masks_file(masks_dir, model, case["patient_id"])) as pred:
-            for ax, timepoint in zip(row_axes, TIMEPOINTS, strict=True):
-                overlay(ax, ref[f"image_{timepoint}"][..., 0], ref[f"mask_{timepoint}"],
-                        pred[f"mask_{timepoint}"] if f"mask_{timepoint}" in pred.files
-                        else None, _overlay_title(seg, model, case, timepoint))
+        ref = load_cached(cache_files(cache_dir, case["patient_id"])["npz"])
+        pred = load_predicted_masks(predicted_masks_file(masks_dir, model, case["patient_id"]))
+        for ax, timepoint in zip(row_axes, TIMEPOINTS, strict=True):
+            overlay(ax, ref[f"image_{timepoint}"][..., 0], ref[f"mask_{timepoint}"],
+                    pred.get(f"mask_{timepoint}"), _overlay_title(seg, model, case, timepoint))
     fig.suptitle("T2W; green: ground truth, magenta: predicted", fontsize=8)
     fig.tight_layout()
     return fig
@@ -288,8 +288,7 @@ def roi_panels(cache_dir: str | Path, masks_dir: str | Path, patient_id: str,
     """Slice-browser panels (:func:`utils.viewer.slice_browser`): the pre and post ROI,
     every input channel, with the ground-truth and the predicted tumour masks."""
     cached = load_cached(cache_files(cache_dir, patient_id)["npz"])
-    with np.load(predicted_masks_file(masks_dir, model, patient_id)) as predicted:
-        masks = {name: predicted[name] for name in predicted.files if name.startswith("mask")}
+    masks = load_predicted_masks(predicted_masks_file(masks_dir, model, patient_id))
     sequences = cached["meta"].get("sequences", ["T2W", "DWI"])
     return {f"{timepoint} {sequence}": (
         cached[f"image_{timepoint}"][..., channel],

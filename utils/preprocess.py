@@ -45,7 +45,14 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from .config import REFERENCE_SEQUENCE, SEQUENCE_NAME, SEQUENCES, TIMEPOINTS, Profile, get_profile
+from .config import (
+    REFERENCE_SEQUENCE,
+    SEQUENCE_NAME,
+    SEQUENCES,
+    TIMEPOINTS,
+    Profile,
+    as_profile,
+)
 from .errors import InputError, RoiError
 from .geometry import (
     geometry_of,
@@ -117,7 +124,7 @@ class PreprocessParams:
     @classmethod
     def from_profile(cls, profile: Profile | str | None = None, **changes: Any) -> PreprocessParams:
         """Parameters for a profile (target spacing, ROI size), with optional changes."""
-        prof = profile if isinstance(profile, Profile) else get_profile(profile)
+        prof = as_profile(profile)
         base = cls(spacing_zyx=prof.spacing_zyx, roi_zyx=prof.roi_zyx)
         return dataclasses.replace(base, **changes)
 

@@ -151,8 +151,8 @@ def qc_summary(processed: pd.DataFrame) -> pd.DataFrame:
     numeric = [c for c in ("reg_metric_before", "reg_metric_after", "reg_dice_before",
                            "reg_dice_after", "reg_local_ncc_after", "reg_translation_mm",
                            "reg_rotation_deg") if c in processed.columns]
-    flagged = processed.get("reg_flags", pd.Series("", index=processed.index)).fillna("")
-    warned = processed.get("warnings", pd.Series("", index=processed.index)).fillna("")
+    flagged, warned = (processed.get(c, pd.Series("", index=processed.index)).astype(object)
+                       .fillna("") for c in ("reg_flags", "warnings"))
     return processed.assign(reg_flagged=flagged.ne(""), warned=warned.ne("")).groupby(
         "cohort").agg(
         patients=("patient_id", "size"),

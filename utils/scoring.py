@@ -18,8 +18,10 @@ import pandas as pd
 from . import segmetrics
 from . import stats as st
 from .baseline import HANDCRAFTED_GT, HANDCRAFTED_PRED
+from .cache import load_cached
 from .config import COHORTS, TIMEPOINTS, cache_files, predicted_masks_file
 from .inference import PREDICTION_COLUMNS as PREDICTION_COLUMNS
+from .inference import load_predicted_masks
 from .manifest import MARKERS
 
 # ----------------------------------------------------------------------------- names
@@ -327,16 +329,15 @@ def segmentation_table(masks_dir: str | Path | None, cache_dir: str | Path | Non
 def _patient_segmentation(pred_file: Path, ref_file: Path, model: str, patient_id: str,
                           cohort: str) -> list[dict]:
     rows = []
-    with np.load(pred_file, allow_pickle=False) as pred, np.load(ref_file,
-                                                                 allow_pickle=False) as ref:
-        spacing = tuple(float(v) for v in ref["spacing_zyx"])
-        for timepoint in TIMEPOINTS:
-            key = f"mask_{timepoint}"
-            if key not in pred.files:
-                continue
-            m = segmetrics.segmentation_metrics(pred[key], ref[key], spacing)
-            rows.append({"model": model, "patient_id": patient_id, "cohort": cohort,
-                         "timepoint": timepoint, "dice": m["dice"], "hd95_mm": m["hd95_mm"],
-                         "msd_mm": m["msd_mm"], "vol_pred_ml": m["vol_a_ml"],
-                         "vol_true_ml": m["vol_b_ml"]})
+    pred, ref = load_predicted_masks(pred_file), load_cached(ref_file)
+    spacing = tuple(float(v) for v in ref["spacing_zyx"])
+    for timepoint in TIMEPOINTS:
+        key = f"mask_{timepoint}"
+        if key not in pred:
+            continue
+        m = segmetrics.segmentation_metrics(pred[key], ref[key], spacing)
+        rows.append({"model": model, "patient_id": patient_id, "cohort": cohort,
+                     "timepoint": timepoint, "dice": m["dice"], "hd95_mm": m["hd95_mm"],
+                     "msd_mm": m["msd_mm"], "vol_pred_ml": m["vol_a_ml"],
+                     "vol_true_ml": m["vol_b_ml"]})
     return rows
