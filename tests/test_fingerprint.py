@@ -33,9 +33,20 @@ def environment() -> dict[str, str]:
     import SimpleITK as sitk
     import tensorflow as tf
 
-    return {"machine": platform.machine(), "python": platform.python_version(),
+    return {"machine": platform.machine(), "cpu_features": cpu_features(),
+            "python": ".".join(platform.python_version_tuple()[:2]),
             "numpy": np.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
             "SimpleITK": sitk.Version.VersionString(), "keras_backend": keras.backend.backend()}
+
+
+def cpu_features() -> str:
+    """The vector instruction sets that change oneDNN's arithmetic (and so the last bits)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+    except (OSError, IndexError):
+        return "unknown"
+    return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+                    if f in flags) or "none"
 
 
 def _sha(*arrays: np.ndarray) -> str:
