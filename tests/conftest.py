@@ -53,3 +53,22 @@ def evaluation(eval_run: Path):
     from tests.evalrun import evaluate_run
 
     return evaluate_run(eval_run)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic cohort already preprocessed (tests/synthetic.py), per test module."""
+    from tests.synthetic import write_synthetic_cohort
+
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_cohort(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(cohort: Path):
+    """That cohort's training data (``utils.data.TrainData``) in run folder ``run_a``."""
+    from tests.synthetic import CFG, paths_under, tiny_profile
+    from utils.data import prepare_data
+
+    return prepare_data(tiny_profile(), paths_under(cohort, "run_a"), CFG.tune_fraction)

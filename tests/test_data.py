@@ -9,28 +9,14 @@ import pandas as pd
 import pytest
 
 from tests.synthetic import (
-    CFG,
     COHORT_SIZES,
     ROI,
     paths_under,
     tiny_profile,
-    write_synthetic_cohort,
 )
 from utils import data as dt
 from utils.model import VARIANTS
 from utils.modelcard import correct_prior
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    write_synthetic_cohort(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def data(cohort: Path) -> dt.TrainData:
-    return dt.prepare_data(tiny_profile(), paths_under(cohort, "run_a"), CFG.tune_fraction)
 
 
 # --------------------------------------------------------------------------- split, leakage

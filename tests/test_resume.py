@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.synthetic import paths_under, tiny_profile, write_synthetic_cohort
+from tests.synthetic import paths_under, tiny_profile
 from utils import config
 from utils import train as tr
 from utils.data import RPNetDataset, TrainData, prepare_data
@@ -85,12 +85,6 @@ def _assert_same_weights(a: Path, b: Path) -> None:
     for u, v in zip(x, y, strict=True):
         np.testing.assert_array_equal(u, v)
 
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("resume")
-    write_synthetic_cohort(root)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from tests.synthetic import (
     SPACING,
     paths_under,
     tiny_profile,
-    write_synthetic_cohort,
 )
 from utils import inference as inf
 from utils import train as tr
@@ -25,18 +24,6 @@ from utils.data import TrainData, prepare_data
 from utils.distribute import device_summary
 from utils.model import build_rpnet
 from utils.modelcard import read_model_card
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    write_synthetic_cohort(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def data(cohort: Path) -> TrainData:
-    return prepare_data(tiny_profile(), paths_under(cohort, "run_a"), CFG.tune_fraction)
 
 
 @pytest.fixture(scope="module")
