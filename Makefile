@@ -53,13 +53,13 @@ reproduce: $(STAMP) data
 		RPNET_PROFILE=$(PROFILE) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.kernel_name=python3 "$$nb" || exit 1; \
 	done
-	RPNET_PROFILE=$(PROFILE) $(PY) -m utils.report --profile $(PROFILE)
+	RPNET_PROFILE=$(PROFILE) $(PY) -m utils.evaluation.report --profile $(PROFILE)
 	@echo "figures in $$(RPNET_PROFILE=$(PROFILE) $(PY) -c 'from utils.config import get_paths; print(get_paths().figures_dir)')"
 
-# README's results table from the profile's metrics.json (utils/report.py). Only the demo
+# README's results table from the profile's metrics.json (utils/evaluation/report.py). Only the demo
 # profile's phantom run is written into README.md; other profiles print the table, exit 0.
 readme: $(STAMP)
-	RPNET_PROFILE=$(PROFILE) $(PY) -m utils.report --profile $(PROFILE)
+	RPNET_PROFILE=$(PROFILE) $(PY) -m utils.evaluation.report --profile $(PROFILE)
 
 test: $(TEST_STAMP) lint unit nbval
 

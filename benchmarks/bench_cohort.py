@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import write_result
-from utils.cohort import generate_cohort
+from utils.cohort.generate import generate_cohort
 from utils.config import get_profile
 
 

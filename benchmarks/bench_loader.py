@@ -2,7 +2,7 @@
 
 Usage: ``.venv/bin/python benchmarks/bench_loader.py --profile demo [--batches 24]``
 
-1. Loader: batches/s of :class:`utils.data.RPNetDataset` (training mode: balanced sampling,
+1. Loader: batches/s of :class:`utils.training.dataset.RPNetDataset` (training mode: balanced sampling,
    spatial + intensity augmentation) in one thread, over ``--batches`` batches of a fresh epoch.
    Data: the profile's preprocessing cache if present, else random arrays of the cached shapes
    (augmentation cost does not depend on the values).
@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import config, distribute
-from utils import data as dt
-from utils import train as tr
+from utils import config
 from utils.io import write_json_atomic
 from utils.repro import versions
+from utils.training import dataset as dt
+from utils.training import distribute
+from utils.training import train as tr
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -54,7 +55,7 @@ def cached_arrays(profile: config.Profile, cache_dir: Path | None = None
     cache_dir = cache_dir or paths.cache_dir
     if not (cache_dir / "processed.csv").exists() or not paths.manifest.exists():
         return None
-    from utils.manifest import load_manifest, patient_table
+    from utils.cohort.manifest import load_manifest, patient_table
 
     patients = patient_table(load_manifest(paths.manifest))
     arrays, _ = dt.load_patients(cache_dir, patients[patients["cohort"] == "training"])

@@ -7,13 +7,13 @@ Usage: ``.venv/bin/python benchmarks/bench_model.py --profile demo [--explore]``
    and batch size): samples/s of ``train_on_batch`` after warm-up, with and without XLA
    (``jit_compile``), and the achieved GFLOP/s, estimating one training step as 3x the
    forward FLOPs per sample (forward + two backward products), with forward FLOPs from
-   :func:`utils.architecture.count_flops` (2 x multiply-adds of conv and dense layers).
+   :func:`utils.model.architecture.count_flops` (2 x multiply-adds of conv and dense layers).
 3. ``--explore`` adds a doubled batch and doubled base filters, to show what moves the rate
    (written to ``bench_model_<profile>_explore.json``).
 
 Prints a table and writes ``benchmarks/results/bench_model_<profile>.json``. Findings on the
 2-core CPU: XLA is 20-30x slower (its CPU 3D convolutions bypass oneDNN), so
-:func:`utils.model.compile_rpnet` turns it off for TensorFlow on CPU; the instance
+:func:`utils.model.rpnet.compile_rpnet` turns it off for TensorFlow on CPU; the instance
 normalisations take about a third of a step (memory-bound, no FLOPs counted); wider layers
 raise the fraction of the matmul rate. Other processes on a shared machine lower both
 rates: the load averages are recorded with the results.
@@ -31,9 +31,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from utils import architecture, config
-from utils import model as rp
+from utils import config
 from utils.io import write_json_atomic
+from utils.model import architecture
+from utils.model import rpnet as rp
 from utils.repro import versions
 
 RESULTS = Path(__file__).resolve().parent / "results"

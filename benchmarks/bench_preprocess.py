@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_preprocess.py [--profile demo] [--workers N] [--limit N]
 
-Runs :func:`utils.cache.run_preprocessing` on the profile's cohort (generated into a
+Runs :func:`utils.preprocessing.cache.run_preprocessing` on the profile's cohort (generated into a
 temporary folder if absent) into a temporary cache, twice: cold (everything computed) and
 warm (inputs hashed, cache verified, nothing recomputed). Also reports CPU seconds per
 patient, so that a run on a busy machine (see ``load_average``) can be read as the
@@ -22,10 +22,10 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import write_result
-from utils.cache import run_preprocessing
+from utils.cohort.manifest import load_manifest
 from utils.config import get_paths, get_profile
-from utils.manifest import load_manifest
-from utils.preprocess import PreprocessParams
+from utils.preprocessing.cache import run_preprocessing
+from utils.preprocessing.pipeline import PreprocessParams
 
 TARGET_COLD_PER_MIN = 60.0
 TARGET_WARM_FRACTION = 0.05
@@ -44,7 +44,7 @@ def cohort_manifest(profile_name: str, tmp: Path, limit: int | None) -> Path:
     """The profile's manifest (generated if missing), optionally cut to ``limit`` patients."""
     manifest = get_paths(profile_name).manifest
     if not manifest.exists():
-        from utils.cohort import generate_cohort
+        from utils.cohort.generate import generate_cohort
 
         manifest = generate_cohort(profile_name, tmp / "phantom", progress=False)
     if not limit:

@@ -13,7 +13,7 @@ peak device memory. Writes ``$OUT/bench_train_gpu_<profile>_<backend>.json`` if 
 set, else ``benchmarks/results/`` (``_cpu`` appended without a GPU). On a CPU it runs two
 steps and says it is not a GPU measurement.
 
-It imports only Keras, NumPy, ``utils.config``, ``utils.model`` and ``utils.architecture``
+It imports only Keras, NumPy, ``utils.config``, ``utils.model.rpnet`` and ``utils.model.architecture``
 (no TensorFlow unless that is the backend), so it runs under ``KERAS_BACKEND=jax`` without
 TensorFlow installed.
 """
@@ -30,8 +30,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from utils import architecture, config
-from utils import model as rp
+from utils import config
+from utils.model import architecture
+from utils.model import rpnet as rp
 
 TRAIN_FACTOR = 3  # one training step ~ 3 forward passes (forward, input and weight gradients)
 

@@ -2,7 +2,7 @@
 
 Usage: ``.venv/bin/python benchmarks/bench_training_budget.py --profile demo [--variant full]``
 
-Trains one variant exactly as ``utils.train.train_all`` does (fresh run folder under a
+Trains one variant exactly as ``utils.training.train.train_all`` does (fresh run folder under a
 temporary directory, the profile's epochs and the cache of notebook 01), and splits the wall
 time into: the first epoch's extra time (graph tracing), steps x the bare step time measured
 in the same run (median of the batches after the first epoch), the data loader's share, the
@@ -24,10 +24,10 @@ import numpy as np
 
 from benchmarks.common import matmul_gflops, write_result
 from utils import config
-from utils import train as tr
-from utils.checkpoint import RunCheckpoint
-from utils.data import RPNetDataset, prepare_data
-from utils.inference import predict_variant
+from utils.inference.batch import predict_variant
+from utils.training import train as tr
+from utils.training.checkpoint import RunCheckpoint
+from utils.training.dataset import RPNetDataset, prepare_data
 
 TIMED = defaultdict(float)
 

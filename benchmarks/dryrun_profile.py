@@ -22,8 +22,9 @@ import numpy as np
 import psutil
 
 from benchmarks.common import write_result
-from utils import architecture, config
-from utils import model as rp
+from utils import config
+from utils.model import architecture
+from utils.model import rpnet as rp
 
 GIB = 1024**3
 CARDS_GB = (16, 24, 80)

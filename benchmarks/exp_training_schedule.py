@@ -27,10 +27,10 @@ from sklearn.metrics import roc_auc_score
 
 from benchmarks.common import write_result
 from utils import config
-from utils import train as tr
-from utils.data import prepare_data
-from utils.inference import predict_variant
-from utils.modelcard import read_model_card
+from utils.inference.batch import predict_variant
+from utils.training import train as tr
+from utils.training.dataset import prepare_data
+from utils.training.modelcard import read_model_card
 
 SETTINGS = {"default": {}, "pcr_gradient": {"pcr_gradient": True},
             "no_readout": {"readout": False}}

@@ -15,9 +15,9 @@ import numpy as np
 
 from benchmarks.common import write_result
 from utils import config
-from utils import train as tr
-from utils.distribute import setup_device
-from utils.model import VARIANTS
+from utils.model.rpnet import VARIANTS
+from utils.training import train as tr
+from utils.training.distribute import setup_device
 
 
 def measure_step_time(profile: config.Profile | str | None = None, variant: str = "full",

@@ -25,7 +25,7 @@ def tiny_profile() -> config.Profile:
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Manifest path of a six-patient phantom cohort (read-only: copy before corrupting)."""
-    from utils.cohort import generate_cohort
+    from utils.cohort.generate import generate_cohort
 
     out = tmp_path_factory.mktemp("tiny_cohort")
     return generate_cohort(tiny_profile(), out, workers=2, progress=False)
@@ -49,7 +49,7 @@ def eval_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def evaluation(eval_run: Path):
-    """:func:`utils.evaluate.run_evaluation` of ``eval_run`` (do not modify)."""
+    """:func:`utils.evaluation.evaluate.run_evaluation` of ``eval_run`` (do not modify)."""
     from tests.evalrun import evaluate_run
 
     return evaluate_run(eval_run)
@@ -67,8 +67,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(cohort: Path):
-    """That cohort's training data (``utils.data.TrainData``) in run folder ``run_a``."""
+    """That cohort's training data (``utils.training.dataset.TrainData``) in run folder ``run_a``."""
     from tests.synthetic import CFG, paths_under, tiny_profile
-    from utils.data import prepare_data
+    from utils.training.dataset import prepare_data
 
     return prepare_data(tiny_profile(), paths_under(cohort, "run_a"), CFG.tune_fraction)

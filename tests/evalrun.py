@@ -10,13 +10,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from utils import evaluate as ev
-from utils import plots
-from utils import scoring as sc
-from utils import stats as st
+from utils.cohort.manifest import MARKERS
 from utils.config import COHORTS
+from utils.evaluation import evaluate as ev
+from utils.evaluation import plots
+from utils.evaluation import scoring as sc
+from utils.evaluation import stats as st
 from utils.io import save_npz_atomic
-from utils.manifest import MARKERS
 
 SHAPE = (8, 16, 16)
 SPACING = (4.0, 2.0, 2.0)
@@ -128,9 +128,9 @@ def make_run(root: Path) -> Path:
 
 def evaluate_run(root: Path, predictions: pd.DataFrame | None = None,
                  **kwargs) -> ev.Evaluation:
-    """:func:`utils.evaluate.run_evaluation` of the run in ``root`` (``predictions`` replaces
+    """:func:`utils.evaluation.evaluate.run_evaluation` of the run in ``root`` (``predictions`` replaces
     its predictions.csv)."""
-    from utils.manifest import load_manifest, patient_table
+    from utils.cohort.manifest import load_manifest, patient_table
 
     predictions = sc.load_predictions(root / "results" / "predictions.csv") if (
         predictions is None) else predictions

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from utils import config
-from utils import train as tr
 from utils.io import save_npz_atomic
+from utils.training import train as tr
 
 ROI = (8, 16, 16)
 SPACING = (4.0, 2.0, 2.0)

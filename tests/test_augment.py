@@ -1,10 +1,10 @@
-"""Tests of utils.augment: masks stay aligned with images, exact flips, intensity changes."""
+"""Tests of utils.training.augment: masks stay aligned with images, exact flips, intensity changes."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from utils import augment as au
+from utils.training import augment as au
 
 
 def _cube_image() -> tuple[np.ndarray, np.ndarray]:

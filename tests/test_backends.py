@@ -1,7 +1,7 @@
 """The GPU and second-backend code paths, exercised on the CPU.
 
 - JAX (CPU build, ``requirements-test.txt``): the model's outputs, a smoke training through
-  ``utils.train`` (stage 1 and the readout) and ``.keras`` files moving between backends.
+  ``utils.training.train`` (stage 1 and the readout) and ``.keras`` files moving between backends.
 - Mixed precision (``mixed_bfloat16``) with XLA compilation, as on a GPU.
 
 Each check runs in a fresh process with its own ``KERAS_BACKEND``: the backend is fixed at the
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from utils import config
-from utils import model as rp
+from utils.model import rpnet as rp
 
 TESTS = Path(__file__).resolve().parent
 SHAPE = (8, 16, 16, 2)
@@ -51,9 +51,10 @@ _JAX_TRAINING = """
     import numpy as np
     sys.path.insert(0, sys.argv[1])
     from synthetic import CFG, paths_under, tiny_profile, write_synthetic_cohort
-    from utils import model as rp, train as tr
-    from utils.data import prepare_data
-    from utils.modelcard import read_model_card
+    from utils.model import rpnet as rp
+    from utils.training import train as tr
+    from utils.training.dataset import prepare_data
+    from utils.training.modelcard import read_model_card
     assert keras.backend.backend() == "jax", keras.backend.backend()
     import os, warnings
     os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
@@ -128,7 +129,7 @@ _MIXED_PRECISION = """
     import json
     import keras
     import numpy as np
-    from utils import model as rp
+    from utils.model import rpnet as rp
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     shape = (8, 16, 16, 2)
     model = rp.compile_rpnet(rp.build_rpnet(shape, "full", depth=3, base_filters=4, seed=1),

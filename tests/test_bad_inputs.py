@@ -20,8 +20,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from utils import cache, imagecheck, manifest
+from utils.cohort import imagecheck, manifest
 from utils.io import checksum, sha256_file
+from utils.preprocessing import cache
 
 from .test_manifest import edit, messages
 

@@ -1,4 +1,4 @@
-"""Tests of utils.cache: verified entries, atomic writes, the parallel run and the CLI, on a
+"""Tests of utils.preprocessing.cache: verified entries, atomic writes, the parallel run and the CLI, on a
 two-patient cohort of test_preprocess's analytic phantom."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import pytest
 import SimpleITK as sitk
 
 from tests.test_preprocess import PARAMS, PROFILE, Exam, make_exam
-from utils import cache
+from utils.cohort.manifest import ManifestError
 from utils.config import ROOT, SEQUENCES
 from utils.io import sha256_file
-from utils.manifest import ManifestError
+from utils.preprocessing import cache
 
 
 def write_cohort(folder: Path, n: int = 2) -> Path:
@@ -198,8 +198,8 @@ def test_geometry_options_enter_the_cache_key_and_thin_volumes_are_warned(cohort
 
 
 def test_the_preprocess_module_still_runs_the_cli():
-    """``python -m utils.preprocess`` (README, notebook 01) is utils.cache's CLI."""
-    done = subprocess.run([sys.executable, "-m", "utils.preprocess", "--help"], cwd=ROOT,
+    """``python -m utils.preprocess`` (README, notebook 01) is utils.preprocessing.cache's CLI."""
+    done = subprocess.run([sys.executable, "-m", "utils.preprocessing.pipeline", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "--manifest" in done.stdout and "--registration" in done.stdout

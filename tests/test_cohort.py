@@ -8,7 +8,9 @@ import pytest
 import SimpleITK as sitk
 from sklearn.metrics import roc_auc_score
 
-from utils import cohort, config, phantom
+from utils import config
+from utils.cohort import generate as cohort
+from utils.cohort import phantom
 from utils.io import sha256_file
 
 from .conftest import tiny_profile

@@ -1,4 +1,4 @@
-"""Tests of utils.data: split, leakage guard, balanced sampling and the dataset."""
+"""Tests of utils.training.dataset: split, leakage guard, balanced sampling and the dataset."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from tests.synthetic import (
     paths_under,
     tiny_profile,
 )
-from utils import data as dt
-from utils.model import VARIANTS
-from utils.modelcard import correct_prior
+from utils.model.rpnet import VARIANTS
+from utils.training import dataset as dt
+from utils.training.modelcard import correct_prior
 
 
 # --------------------------------------------------------------------------- split, leakage
@@ -102,7 +102,7 @@ def test_dataset_filters_to_variant_inputs_and_outputs(data: dt.TrainData):
 
 
 def test_require_training_only_names_validation_patients():
-    from utils.data import require_training_only
+    from utils.training.dataset import require_training_only
 
     cohorts = {"TR1": "training", "IV1": "internal_validation", "EV1": "external_validation"}
     require_training_only(["TR1"], cohorts)

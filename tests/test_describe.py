@@ -1,4 +1,4 @@
-"""Tests of utils.describe on a generated phantom cohort."""
+"""Tests of utils.cohort.describe on a generated phantom cohort."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from utils import describe
-from utils.manifest import load_manifest
+from utils.cohort import describe
+from utils.cohort.manifest import load_manifest
 
 
 def test_mask_volume_counts_foreground_whatever_the_label_value(cohort_copy: Path):

@@ -1,4 +1,4 @@
-"""Tests of utils.evaluate and utils.scoring on a synthetic run (tests/evalrun.py)."""
+"""Tests of utils.evaluation.evaluate and utils.evaluation.scoring on a synthetic run (tests/evalrun.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 
 from tests.evalrun import MASK_MODELS, MODELS, all_figures, evaluate_run
-from utils import evaluate as ev
-from utils import scoring as sc
-from utils import stats as st
+from utils import measures
+from utils.cohort.manifest import MARKERS
 from utils.config import COHORTS
-from utils.manifest import MARKERS
+from utils.evaluation import evaluate as ev
+from utils.evaluation import scoring as sc
+from utils.evaluation import stats as st
 
 
 # ----------------------------------------------------------------------------- structure
@@ -84,7 +85,7 @@ def test_volume_reduction_scores_match_definition(evaluation: ev.Evaluation, eva
         "patient_id")["score"]
     expected = 1 - full["vol_post_true_ml"] / full["vol_pre_true_ml"]
     np.testing.assert_allclose(scores.loc[expected.index], expected)
-    assert np.isfinite(sc.volume_reduction([0.0], [1.0])).all()
+    assert np.isfinite(measures.volume_reduction([0.0], [1.0])).all()
 
 
 # ----------------------------------------------------------------------------- operating point
@@ -115,7 +116,7 @@ def test_operating_point_from_training_is_applied_unchanged():
 # ----------------------------------------------------------------------------- integrated model
 def test_integrated_model_is_fitted_on_training_rows_only(eval_run: Path,
                                                           evaluation: ev.Evaluation):
-    from utils.manifest import load_manifest, patient_table
+    from utils.cohort.manifest import load_manifest, patient_table
 
     patients = patient_table(load_manifest(eval_run / "manifest.csv"))
     corrupted = patients.copy()

@@ -1,4 +1,4 @@
-"""Tests of utils.explain: Grad-CAM and input x gradient maps on a tiny RP-Net."""
+"""Tests of utils.evaluation.explain: Grad-CAM and input x gradient maps on a tiny RP-Net."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import explain as xp
+from utils.evaluation import explain as xp
 
 
 @pytest.fixture(scope="module")
 def tiny_rpnet():
-    from utils.model import build_rpnet, head_vector_model, set_readout
+    from utils.model.rpnet import build_rpnet, head_vector_model, set_readout
 
     model = build_rpnet((8, 16, 16, 2), "full", depth=3, base_filters=2, seed=1,
                         pcr_gradient=True)
@@ -59,7 +59,7 @@ def test_input_attribution_has_input_shape_and_is_non_negative(tiny_rpnet):
 
 
 def test_grad_cam_refuses_a_detached_head():
-    from utils.model import build_rpnet
+    from utils.model.rpnet import build_rpnet
 
     with pytest.raises(ValueError, match="detached"):
         xp.branch_feature_tensors(build_rpnet((8, 16, 16, 2), "full", depth=3, base_filters=2))

@@ -59,8 +59,8 @@ def _sha(*arrays: np.ndarray) -> str:
 def smoke_run(tiny_cohort: Path, root: Path) -> dict[str, object]:
     """Preprocess, train ``full`` (2 epochs x 2 steps) and predict; the fingerprint."""
     from utils import config
-    from utils import train as tr
-    from utils.cache import load_cached, run_preprocessing
+    from utils.preprocessing.cache import load_cached, run_preprocessing
+    from utils.training import train as tr
 
     profile = tiny_profile()
     paths = config.Paths(tiny_cohort, root / "cache", root / "run", root / "run" / "results")

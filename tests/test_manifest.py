@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from utils import config, manifest
+from utils import config
+from utils.cohort import manifest
 
 
 def messages(path: Path) -> list[str]:
@@ -135,7 +136,7 @@ def test_checksum_mismatch_is_named(cohort_copy):
 
 def test_cli_exits_non_zero_and_prints_every_problem(cohort_copy):
     (cohort_copy.parent / "TR001" / "pre_DWI.nii.gz").unlink()
-    result = subprocess.run([sys.executable, "-m", "utils.manifest", "check", str(cohort_copy)],
+    result = subprocess.run([sys.executable, "-m", "utils.cohort.manifest", "check", str(cohort_copy)],
                             capture_output=True, text=True, cwd=config.ROOT)
     assert result.returncode == 1
     assert "TR001" in result.stdout and "1 problem(s)" in result.stdout

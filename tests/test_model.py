@@ -1,4 +1,4 @@
-"""Tests of utils.model: weight sharing, gradients, variants, saving, losses, FLOPs."""
+"""Tests of utils.model.rpnet: weight sharing, gradients, variants, saving, losses, FLOPs."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import keras
 import numpy as np
 import pytest
 
-from utils import architecture
-from utils import layers as rl
-from utils import model as rp
+from utils.model import architecture
+from utils.model import layers as rl
+from utils.model import rpnet as rp
 
 SHAPE = (8, 16, 16, 2)
 TINY = {"depth": 3, "base_filters": 4, "seed": 3}
@@ -251,7 +251,7 @@ def test_compile_options(full):
 
 _SECOND_BACKEND = textwrap.dedent("""
     import numpy as np, keras
-    from utils import model as rp
+    from utils.model import rpnet as rp
     assert keras.backend.backend() == "{backend}"
     spec = rp.VARIANTS["full"]
     # jit_compile="auto" compiles the whole step once (op-by-op JAX is slower still)

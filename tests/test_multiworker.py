@@ -1,8 +1,8 @@
 """Multi-worker training, really run: two worker processes on this machine.
 
 ``TF_CONFIG`` names two loopback ports (127.0.0.1 only); each worker runs the same script,
-which creates ``MultiWorkerMirroredStrategy`` first (``utils.train.setup_device``) and then
-trains the smoke model through ``utils.train.fit_variant`` (two epochs of two steps, the
+which creates ``MultiWorkerMirroredStrategy`` first (``utils.training.train.setup_device``) and then
+trains the smoke model through ``utils.training.train.fit_variant`` (two epochs of two steps, the
 readout refit) into its own run folder. Both must finish within a bounded time, report two
 replicas in sync, write their checkpoints and end with identical weights (gradients, batch-norm
 statistics and the readout are all shared).
@@ -31,10 +31,10 @@ _WORKER = """
     import json, sys
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
-    from utils import train as tr
+    from utils.training import train as tr
     device = tr.setup_device()  # first: the strategy configures TensorFlow at start-up
     from synthetic import CFG, paths_under, tiny_profile
-    from utils.data import prepare_data
+    from utils.training.dataset import prepare_data
     root, index = Path(sys.argv[2]), int(sys.argv[3])
     paths = paths_under(root, f"worker{index}")
     result = tr.fit_variant("full", prepare_data(tiny_profile(), paths), tiny_profile(),
@@ -92,7 +92,7 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], P
 
 
 def test_two_workers_train_in_sync_and_agree(two_workers):
-    import utils.model  # noqa: F401  (registers the custom layers for loading)
+    import utils.model.rpnet  # noqa: F401  (registers the custom layers for loading)
 
     results, root = two_workers
     assert [r["replicas"] for r in results] == [2, 2]

@@ -1,4 +1,4 @@
-"""Tests of utils.plots: every evaluation figure is drawn and saved (tests/evalrun.py run)."""
+"""Tests of utils.evaluation.plots: every evaluation figure is drawn and saved (tests/evalrun.py run)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from tests.evalrun import all_figures
-from utils import evaluate as ev
-from utils import plots
+from utils.evaluation import evaluate as ev
+from utils.evaluation import plots
 from utils.figures import save_figure
 
 

@@ -1,4 +1,4 @@
-"""Tests of utils.predict: masks back in each exam's original space, end-to-end prediction, CLI."""
+"""Tests of utils.inference.predict: masks back in each exam's original space, end-to-end prediction, CLI."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import pytest
 import SimpleITK as sitk
 
 from utils import config
-from utils import predict as pr
-from utils import train as tr
-from utils.cache import load_cached, run_preprocessing
-from utils.data import processed_ok
-from utils.manifest import exam_files, load_manifest, read_image
-from utils.modelcard import read_model_card, score_from_card
-from utils.preprocess import roi_to_original
+from utils.cohort.manifest import exam_files, load_manifest, read_image
+from utils.inference import predict as pr
+from utils.preprocessing.cache import load_cached, run_preprocessing
+from utils.preprocessing.pipeline import roi_to_original
+from utils.training import train as tr
+from utils.training.dataset import processed_ok
+from utils.training.modelcard import read_model_card, score_from_card
 
 
 def tiny_profile() -> config.Profile:
@@ -133,10 +133,10 @@ def test_cli_writes_nifti_masks_and_json(tiny_cohort, trained, tmp_path):
 
 
 def test_inference_modules_import_neither_keras_nor_training():
-    """utils.predict, the model card, batch inference and the evaluation's scoring load
-    without Keras and without utils.train (a fresh process: this one has both)."""
-    code = ("import sys, utils.predict, utils.modelcard, utils.inference, utils.scoring; "
-            "print(sorted(m for m in ('keras', 'utils.train', 'utils.data') if m in sys.modules))")
+    """utils.inference.predict, the model card, batch inference and the evaluation's scoring load
+    without Keras and without utils.training.train (a fresh process: this one has both)."""
+    code = ("import sys, utils.inference.predict, utils.training.modelcard, utils.inference.batch, utils.evaluation.scoring; "
+            "print(sorted(m for m in ('keras', 'utils.training.train', 'utils.training.dataset') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=config.ROOT, capture_output=True,
                           text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""Tests of the per-pair pipeline (utils.preprocess, utils.intensity, utils.roi) on small
+"""Tests of the per-pair pipeline (utils.preprocessing.pipeline, utils.preprocessing.intensity, utils.preprocessing.roi) on small
 analytic pelvis phantoms (fast, self-contained). The cache and batch run: test_cache.py."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from utils import preprocess as pp
-from utils import registration
 from utils.config import SEQUENCES, get_profile, with_overrides
 from utils.errors import RegistrationError, RoiError
 from utils.geometry import image_from_geometry, resample, resample_mask
-from utils.intensity import n4_correct, normalise
-from utils.roi import crop_padded, tumour_box
+from utils.preprocessing import pipeline as pp
+from utils.preprocessing import registration
+from utils.preprocessing.intensity import n4_correct, normalise
+from utils.preprocessing.roi import crop_padded, tumour_box
 
 # Target grid and ROI of the tests: coarser than any profile, so each pair takes < 1 s.
 PROFILE = with_overrides(get_profile("smoke"), name="test", spacing_zyx=(4.0, 3.0, 3.0),
@@ -381,9 +381,10 @@ def test_roi_to_original_post_needs_the_inverse_transform(pair, exams):
 
 # ---------------------------------------------------------------- the phantom cohort
 def test_phantom_patient_end_to_end(tmp_path):
-    """One smoke-profile phantom patient (utils.cohort): registration within one target
+    """One smoke-profile phantom patient (utils.cohort.generate): registration within one target
     voxel of the known repositioning, and masks mapped back overlap the originals."""
-    from utils import cohort, phantom
+    from utils.cohort import generate as cohort
+    from utils.cohort import phantom
 
     profile = get_profile("smoke")
     rows = cohort.generate_patient(profile, "TR001", "training", "A", tmp_path)

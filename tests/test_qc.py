@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils import qc
+from utils.preprocessing import qc
 
 
 def test_checkerboard_alternates_tiles_of_the_two_images():
@@ -19,7 +19,7 @@ def test_checkerboard_alternates_tiles_of_the_two_images():
 def test_forward_pass_figure_shows_inputs_and_both_masks():
     import matplotlib.pyplot as plt
 
-    from utils.architecture import plot_forward_pass
+    from utils.model.architecture import plot_forward_pass
 
     mask = np.zeros((6, 8, 8), np.uint8)
     mask[3, 2:5, 2:5] = 1

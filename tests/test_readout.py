@@ -1,4 +1,4 @@
-"""Tests of utils.readout (cross-validated logistic readout) and utils.baseline."""
+"""Tests of utils.training.readout (cross-validated logistic readout) and utils.evaluation.baseline."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from utils import baseline as bl
-from utils import readout as ro
+from utils.evaluation import baseline as bl
+from utils.training import readout as ro
 
 
 def _patients(n: int = 60, seed: int = 0) -> pd.DataFrame:

@@ -1,5 +1,5 @@
-"""Tests of utils.registration on the analytic phantom of test_preprocess and on smoke-profile
-phantom patients (utils.cohort, rendered in memory)."""
+"""Tests of utils.preprocessing.registration on the analytic phantom of test_preprocess and on smoke-profile
+phantom patients (utils.cohort.generate, rendered in memory)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import SimpleITK as sitk
 
 from tests import test_preprocess as analytic
 from tests.test_preprocess import PARAMS, PRE, Exam, make_exam, true_transform_point
-from utils import cache, phantom
-from utils import preprocess as pp
-from utils import registration as rg
+from utils.cohort import phantom
 from utils.config import get_profile
 from utils.errors import RegistrationError
+from utils.preprocessing import cache
+from utils.preprocessing import pipeline as pp
+from utils.preprocessing import registration as rg
 
 SMOKE = get_profile("smoke")
 SMOKE_PARAMS = pp.PreprocessParams.from_profile(SMOKE)
@@ -244,7 +245,7 @@ def test_preprocessing_cli_passes_the_registration_mode(monkeypatch, tmp_path):
 
 
 def test_prediction_cli_passes_the_registration_mode(monkeypatch, tmp_path):
-    from utils import predict as pr
+    from utils.inference import predict as pr
 
     seen = {}
 

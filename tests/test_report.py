@@ -1,4 +1,4 @@
-"""Tests of utils.report: README's results table from metrics.json, and its command line."""
+"""Tests of utils.evaluation.report: README's results table from metrics.json, and its command line."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from utils import evaluate as ev
-from utils import report
 from utils.config import ROOT
+from utils.evaluation import evaluate as ev
+from utils.evaluation import report
 
 STALE = f"intro\n{report.README_MARKERS[0]}\nold\n{report.README_MARKERS[1]}\nrest\n"
 

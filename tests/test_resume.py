@@ -1,4 +1,4 @@
-"""Determinism and resume of utils.train.fit_variant, in fresh processes and from bad files.
+"""Determinism and resume of utils.training.train.fit_variant, in fresh processes and from bad files.
 
 A run of 4 epochs x 3 shuffled, augmented batches is trained in three fresh processes: two
 uninterrupted, one killed (``os._exit``, no clean-up) in the middle of epoch 3 and then
@@ -22,9 +22,9 @@ import pytest
 
 from tests.synthetic import paths_under, tiny_profile
 from utils import config
-from utils import train as tr
-from utils.data import RPNetDataset, TrainData, prepare_data
-from utils.modelcard import read_model_card
+from utils.training import train as tr
+from utils.training.dataset import RPNetDataset, TrainData, prepare_data
+from utils.training.modelcard import read_model_card
 
 TESTS = Path(__file__).resolve().parent
 # monitor_mode "max" on a falling loss: every epoch after the first is a plateau, so the
@@ -41,8 +41,8 @@ _RUN = """
     import keras
     sys.path.insert(0, sys.argv[1])
     from synthetic import paths_under, tiny_profile
-    from utils import train as tr
-    from utils.data import prepare_data
+    from utils.training import train as tr
+    from utils.training.dataset import prepare_data
     paths = paths_under(Path(sys.argv[2]), sys.argv[3])
     kill = json.loads(sys.argv[5])
 

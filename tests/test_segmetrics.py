@@ -1,4 +1,4 @@
-"""Tests of utils.segmetrics against known geometry and an independent SciPy computation."""
+"""Tests of utils.evaluation.segmetrics against known geometry and an independent SciPy computation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from utils import segmetrics as sm
+from utils import measures
+from utils.evaluation import segmetrics as sm
 
 
 def _grid(shape=(5, 12, 12)) -> np.ndarray:
@@ -78,7 +79,7 @@ def test_surface_distances_match_scipy_reference():
     pooled = np.r_[expected_ab, expected_ba]
     assert sm.hd95(a, b, spacing) == pytest.approx(np.percentile(pooled, 95), abs=1e-5)
     overlap = 2 * np.sum(a & b) / (a.sum() + b.sum())
-    assert sm.dice(a, b) == pytest.approx(overlap, abs=1e-12)
+    assert measures.dice(a, b) == pytest.approx(overlap, abs=1e-12)
 
 
 def test_masks_touching_the_image_border():
@@ -118,7 +119,7 @@ def test_empty_masks():
 def test_box_volume_exact_with_anisotropic_spacing():
     mask = _grid((6, 8, 9))
     mask[1:4, 2:6, 1:6] = 7  # 3 x 4 x 5 voxels; any non-zero label counts
-    assert sm.volume_ml(mask, (2.5, 0.7, 0.9)) == pytest.approx(60 * 2.5 * 0.7 * 0.9 / 1000,
+    assert measures.volume_ml(mask, (2.5, 0.7, 0.9)) == pytest.approx(60 * 2.5 * 0.7 * 0.9 / 1000,
                                                                  rel=1e-12)
 
 
@@ -127,21 +128,21 @@ def test_probability_threshold_and_simpleitk_input():
     prob[1:4, 2:6, 1:6] = 0.8
     prob[4, 2:6, 1:6] = 0.3  # counted at the default threshold 0, not at 0.5
     spacing = (2.5, 0.7, 0.9)
-    assert sm.volume_ml(prob, spacing, threshold=0.5) == pytest.approx(0.0945, rel=1e-12)
-    assert sm.volume_ml(prob, spacing) == pytest.approx(0.0945 * 4 / 3, rel=1e-12)
+    assert measures.volume_ml(prob, spacing, threshold=0.5) == pytest.approx(0.0945, rel=1e-12)
+    assert measures.volume_ml(prob, spacing) == pytest.approx(0.0945 * 4 / 3, rel=1e-12)
     image = sitk.GetImageFromArray(prob)
     image.SetSpacing(spacing[::-1])
-    assert sm.volume_ml(image, threshold=0.5) == pytest.approx(0.0945, rel=1e-12)
+    assert measures.volume_ml(image, threshold=0.5) == pytest.approx(0.0945, rel=1e-12)
     assert sm.hd95(image, prob, spacing, threshold=0.5) == 0.0
     with pytest.raises(ValueError, match="differs from the image's spacing"):
-        sm.volume_ml(image, (1.0, 1.0, 1.0))
+        measures.volume_ml(image, (1.0, 1.0, 1.0))
 
 
 def test_invalid_inputs():
     with pytest.raises(ValueError, match="spacing_zyx"):
         sm.hd95(_grid(), _grid())
     with pytest.raises(ValueError, match="different shapes"):
-        sm.dice(_grid(), _grid((5, 12, 11)))
+        measures.dice(_grid(), _grid((5, 12, 11)))
     with pytest.raises(ValueError, match="different grids"):
         sm.hd95(_grid(), _grid((5, 12, 11)), (1.0, 1.0, 1.0))
 
@@ -149,6 +150,6 @@ def test_invalid_inputs():
 def test_largest_slice_of_arrays_and_images():
     mask = _grid()
     mask[1, 2:4, 2:4], mask[3, 2:7, 2:7] = 1, 255
-    assert sm.largest_slice(mask) == 3
-    assert sm.largest_slice(sitk.GetImageFromArray(mask)) == 3
-    assert sm.largest_slice(_grid()) == 2  # empty: the middle slice
+    assert measures.largest_slice(mask) == 3
+    assert measures.largest_slice(sitk.GetImageFromArray(mask)) == 3
+    assert measures.largest_slice(_grid()) == 2  # empty: the middle slice

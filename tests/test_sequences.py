@@ -16,11 +16,11 @@ import SimpleITK as sitk
 
 from tests.conftest import tiny_profile
 from utils import config
-from utils import manifest as mf
-from utils import predict as pr
-from utils import train as tr
-from utils.cache import load_cached, run_preprocessing
-from utils.modelcard import read_model_card
+from utils.cohort import manifest as mf
+from utils.inference import predict as pr
+from utils.preprocessing.cache import load_cached, run_preprocessing
+from utils.training import train as tr
+from utils.training.modelcard import read_model_card
 
 
 def _copy_cohort(tiny_cohort: Path, target: Path) -> Path:

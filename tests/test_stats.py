@@ -1,4 +1,4 @@
-"""Tests of utils.stats against published pROC values (aSAH data) and hand-computed answers."""
+"""Tests of utils.evaluation.stats against published pROC values (aSAH data) and hand-computed answers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from scipy import optimize, stats
 
 import utils.config
-from utils import stats as st
+from utils import measures
+from utils.evaluation import stats as st
 
 REFERENCE_DIR = Path(utils.config.ROOT).parent / "shared" / "reference"
 TOL = 1e-9
@@ -338,12 +339,12 @@ def test_holm_matches_hand_computed_step_down():
 
 def test_logit_and_sigmoid_are_inverse_and_clipped():
     p = np.array([0.1, 0.5, 0.9])
-    np.testing.assert_allclose(st.sigmoid(st.logit(p)), p)
+    np.testing.assert_allclose(measures.sigmoid(st.logit(p)), p)
     assert st.logit(0.5) == 0.0 and np.isfinite(st.logit([0.0, 1.0])).all()
 
 
 def test_auc_or_nan_needs_both_classes():
-    assert st.auc_or_nan([0, 1, 1], [0.2, 0.4, 0.3]) == 1.0
-    assert np.isnan(st.auc_or_nan([1, 1], [0.2, 0.4])) and np.isnan(st.auc_or_nan([], []))
+    assert measures.auc_or_nan([0, 1, 1], [0.2, 0.4, 0.3]) == 1.0
+    assert np.isnan(measures.auc_or_nan([1, 1], [0.2, 0.4])) and np.isnan(measures.auc_or_nan([], []))
     assert st.undefined_reason([1, 1]) == "one class only (0 non-pCR, 2 pCR)"
     assert st.undefined_reason([]) == "no patients" and st.undefined_reason([0, 1]) == ""

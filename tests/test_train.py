@@ -1,4 +1,4 @@
-"""Tests of utils.train: determinism, resume, run outputs, model card, predictions, figures."""
+"""Tests of utils.training.train: determinism, resume, run outputs, model card, predictions, figures."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from tests.synthetic import (
     paths_under,
     tiny_profile,
 )
-from utils import inference as inf
-from utils import train as tr
-from utils.data import TrainData, prepare_data
-from utils.distribute import device_summary
-from utils.model import build_rpnet
-from utils.modelcard import read_model_card
+from utils.inference import batch as inf
+from utils.model.rpnet import build_rpnet
+from utils.training import train as tr
+from utils.training.dataset import TrainData, prepare_data
+from utils.training.distribute import device_summary
+from utils.training.modelcard import read_model_card
 
 
 @pytest.fixture(scope="module")

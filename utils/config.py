@@ -53,7 +53,7 @@ class Profile:
     batch_size: int
     learning_rate: float
     # training replicas (seeds) of the main model and of the ablations that test the paper's
-    # claims (utils.model.SEEDED_VARIANTS); other variants are trained once
+    # claims (utils.model.rpnet.SEEDED_VARIANTS); other variants are trained once
     seeds: int = 3
     # phantom acquisition resolution multiplier (1.0 = clinical-like voxels)
     phantom_resolution: float = 1.0
@@ -122,7 +122,7 @@ class Paths:
         if self.figures_dir is None:
             object.__setattr__(self, "figures_dir", Path(self.run_dir) / "figures")
 
-    # preprocessing cache (utils.cache)
+    # preprocessing cache (utils.preprocessing.cache)
     def cache_file(self, patient_id: str) -> Path:
         return cache_files(self.cache_dir, patient_id)["npz"]
 
@@ -130,7 +130,7 @@ class Paths:
     def processed_csv(self) -> Path:
         return processed_csv(self.cache_dir)
 
-    # training runs (utils.train, utils.inference)
+    # training runs (utils.training.train, utils.inference.batch)
     models_dir = property(lambda self: Path(self.run_dir) / "models")
     logs_dir = property(lambda self: Path(self.run_dir) / "logs")
     checkpoints_dir = property(lambda self: Path(self.run_dir) / "checkpoints")
@@ -160,7 +160,7 @@ class Paths:
         """One run's prediction rows (``predictions.csv`` gathers every run's)."""
         return self.predictions_dir / f"{run}.csv"
 
-    # results (utils.train, utils.evaluate, utils.report)
+    # results (utils.training.train, utils.evaluation.evaluate, utils.evaluation.report)
     split_csv = property(lambda self: Path(self.results_dir) / "split.csv")
     folds_csv = property(lambda self: Path(self.results_dir) / "folds.csv")
     predictions_csv = property(lambda self: Path(self.results_dir) / "predictions.csv")

@@ -1,4 +1,4 @@
-"""Errors of per-patient preprocessing (``utils.preprocess``, ``utils.registration``)."""
+"""Errors of per-patient preprocessing (``utils.preprocessing.pipeline``, ``utils.preprocessing.registration``)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.b
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from .io import atomic_path
+from utils.io import atomic_path
 
 DPI = 150
 STYLE = {"figure.dpi": 100, "savefig.dpi": DPI, "font.size": 9, "axes.titlesize": 10,

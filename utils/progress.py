@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .config import STATIC_ENV
+from utils.config import STATIC_ENV
 
 
 class FinalLineBar(tqdm):

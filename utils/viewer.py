@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .config import STATIC_ENV
+from utils.config import STATIC_ENV
 
 CONTOUR_COLOURS = ("tab:red", "tab:cyan", "tab:orange", "tab:green")
 # title -> (volume (z, y, x), {mask label: mask (z, y, x)})

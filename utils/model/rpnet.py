@@ -1,0 +1,503 @@
+"""3D RP-Net (Jin et al., Nat Commun 2021): a Siamese multi-task 3D U-Net for pCR prediction.
+
+One backbone (the Isensee et al. 2017 BraTS 3D U-Net) is applied to the pre- and the
+post-treatment exam. The two branches are compared at three scales (an encoder level at 1/4
+in-plane resolution, the bottleneck and the summed deep-supervision map at 1/2 resolution);
+each comparison goes through a conv block and global average pooling, and a sigmoid unit on
+the concatenated vectors gives the probability of pathological complete response (``pcr``).
+Each branch also segments its tumour (``mask_pre``, ``mask_post``).
+
+Differences from the authors' Keras-2 release, all deliberate:
+
+- the two branches share one backbone (the release built two, so its weights were untied;
+  that model remains available as the ``untied`` variant);
+- segmentation maps are linear 1x1x1 convolutions (as in Isensee et al.), not conv+norm+act;
+- LeakyReLU slope 0.01 (Isensee et al.) and no conv bias in front of a normalisation;
+- downsampling strides are anisotropic, computed from the input shape (:func:`level_strides`).
+
+Everything here is plain Keras 3; custom layers, losses and metrics use ``keras.ops`` only,
+so the model runs under the TensorFlow, JAX and PyTorch backends, and ``.keras`` files load
+with ``keras.saving.load_model(path, safe_mode=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from utils.model.layers import (
+    AbsDifference,
+    DiceBCELoss,
+    DiceMetric,
+    LogVolumes,
+    MaskedAverage,
+    MaskedMoments,
+    SoftUnion,
+    StopGradient,
+    WeightedBCELoss,
+)
+
+BRANCHES: tuple[str, ...] = ("pre", "post")
+MASKS: dict[str, str] = {"pre": "mask_pre", "post": "mask_post"}
+JOINS: tuple[str, ...] = ("encoder", "bottleneck", "deep_supervision")
+HEADS: tuple[str, ...] = ("tumour", "paper")
+HEAD_VECTOR = "head_norm"  # the layer whose output the final pcr Dense reads
+COMPARISONS: tuple[str, ...] = ("subtract", "concat", "abs_diff")
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+# The released code's loss weights: pCR 1.0, each segmentation 0.2.
+DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"pcr": 1.0, "mask_pre": 0.2, "mask_post": 0.2}
+LEAKY_SLOPE = 0.01
+N_SEGMENTATION_LEVELS = 3
+Shape = tuple[int, ...]
+Strides = tuple[tuple[int, int, int], ...]
+
+
+# --------------------------------------------------------------------------- variants
+@dataclass(frozen=True)
+class VariantSpec:
+    """What one model variant takes, returns and shares."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    tied: bool
+    joins: tuple[str, ...]
+    segmentation: bool
+    description: str
+    head: str = "tumour"
+    seeded: bool = False  # trained with Profile.seeds replicas (the paper's claims)
+
+
+def _spec(name: str, description: str, inputs: tuple[str, ...] = BRANCHES, tied: bool = True,
+          joins: tuple[str, ...] = JOINS, segmentation: bool = True,
+          head: str = "tumour", seeded: bool = False) -> VariantSpec:
+    masks = tuple(MASKS[b] for b in inputs) if segmentation else ()
+    return VariantSpec(name, inputs, (*masks, "pcr"), tied, joins, segmentation, description,
+                       head, seeded)
+
+
+VARIANTS: dict[str, VariantSpec] = {v.name: v for v in (
+    _spec("full", "Siamese RP-Net: shared backbone, pre/post masks, tumour-guided pCR readout",
+          seeded=True),
+    _spec("paper_head", "the release's pCR head: conv + instance norm + global average pool "
+          "over the whole ROI", head="paper", seeded=True),
+    _spec("single_task", "pCR only: same network, no segmentation losses (its tumour maps "
+          "are attention learned from pCR alone)", segmentation=False, seeded=True),
+    _spec("pre_only", "pre-treatment exam only: joins use pre features alone", inputs=("pre",),
+          seeded=True),
+    _spec("post_only", "post-treatment exam only: joins use post features alone",
+          inputs=("post",), seeded=True),
+    _spec("untied", "two backbones with separate weights (as in the authors' release)",
+          tied=False),
+    _spec("bottleneck_join", "pCR from the bottleneck join only", joins=("bottleneck",)),
+)}
+ALL_VARIANTS: tuple[str, ...] = tuple(VARIANTS)
+# The main model and the ablations that test the paper's claims (two time points, multi-task,
+# the tumour-guided head) are trained with Profile.seeds replicas; the others once.
+SEEDED_VARIANTS: tuple[str, ...] = tuple(name for name, v in VARIANTS.items() if v.seeded)
+
+
+# --------------------------------------------------------------------------- geometry
+def level_strides(shape_zyx: Sequence[int], depth: int) -> Strides:
+    """Stride of each of the ``depth - 1`` downsampling steps, from the input size.
+
+    y and x are halved while even and at least 4. z is halved only while it is even, at
+    least 4, and not under half the in-plane size, so thick-slice volumes (few slices, many
+    in-plane voxels) first get ``(1, 2, 2)`` steps until the grid is about isotropic in
+    voxels. Example: (16, 40, 40), depth 4 -> (1,2,2), (2,2,2), (2,2,2).
+    """
+    z, y, x = (int(s) for s in shape_zyx)
+    strides = []
+    for _ in range(depth - 1):
+        sy, sx = (2 if s % 2 == 0 and s >= 4 else 1 for s in (y, x))
+        sz = 2 if z % 2 == 0 and z >= 4 and 2 * z >= max(y, x) else 1
+        strides.append((sz, sy, sx))
+        z, y, x = z // sz, y // sy, x // sx
+    return tuple(strides)
+
+
+def level_shapes(shape_zyx: Sequence[int], depth: int) -> list[tuple[int, int, int]]:
+    """Spatial size of every U-Net level (level 0 = input resolution)."""
+    shapes = [tuple(int(s) for s in shape_zyx)]
+    for stride in level_strides(shape_zyx, depth):
+        shapes.append(tuple(s // k for s, k in zip(shapes[-1], stride, strict=True)))
+    return shapes
+
+
+def encoder_join_level(depth: int) -> int:
+    """The encoder level joined: 2 (1/4 resolution), or depth - 2 for a depth-3 network."""
+    return min(2, depth - 2)
+
+
+def receptive_field(depth: int, strides: Sequence[Sequence[int]] | None = None,
+                    where: str = "bottleneck") -> tuple[int, int, int]:
+    """Theoretical receptive field (voxels per z, y, x axis) of one output voxel.
+
+    ``where="bottleneck"``: the deepest encoder features (the bottleneck join);
+    ``where="mask"``: the full-resolution segmentation output. Standard recursion
+    ``rf += (k - 1) * jump``; nearest-neighbour upsampling by ``s`` divides the jump by ``s``.
+    ``strides`` defaults to isotropic 2s; pass :func:`level_strides` for a given input.
+    """
+    if where not in ("bottleneck", "mask"):
+        raise ValueError(f"where must be 'bottleneck' or 'mask', not {where!r}")
+    strides = [(2, 2, 2)] * (depth - 1) if strides is None else [tuple(s) for s in strides]
+    return tuple(_rf_axis([s[axis] for s in strides], where) for axis in range(3))
+
+
+def _rf_axis(steps: Sequence[int], where: str) -> int:
+    rf, jump = 1.0, 1.0
+    kernels = [(3, 1), (3, 1), (3, 1)]  # level-0 input conv and context module
+    for s in steps:
+        kernels += [(3, s), (3, 1), (3, 1)]  # strided conv and context module
+    for k, s in kernels:
+        rf, jump = rf + (k - 1) * jump, jump * s
+    if where == "mask":
+        for s in reversed(steps):
+            jump /= s
+            rf += (3 - 1) * jump * 2  # up-conv and localisation 3x3x3 (its 1x1x1 adds 0)
+    return math.ceil(rf)
+
+
+# --------------------------------------------------------------------------- building blocks
+class _Seeds:
+    """Deterministic per-layer seeds derived from one seed (or ``None`` for random)."""
+
+    def __init__(self, seed: int | None) -> None:
+        self.seed, self.count = seed, 0
+
+    def next(self) -> int | None:
+        if self.seed is None:
+            return None
+        self.count += 1
+        return (self.seed + 7919 * self.count) % (2**31 - 1)
+
+    def init(self) -> keras.initializers.Initializer:
+        return keras.initializers.GlorotUniform(seed=self.next())
+
+
+def _conv_block(x, filters: int, name: str, seeds: _Seeds, kernel: int = 3,
+                strides: Sequence[int] | int = 1):
+    """Conv3D (no bias) -> instance norm -> LeakyReLU."""
+    x = layers.Conv3D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                      kernel_initializer=seeds.init(), name=f"{name}_conv")(x)
+    x = layers.GroupNormalization(groups=-1, name=f"{name}_norm")(x)
+    return layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"{name}_act")(x)
+
+
+def _context_module(x, filters: int, name: str, dropout: float, seeds: _Seeds):
+    """Residual context module: conv, spatial dropout, conv, added to its input."""
+    y = _conv_block(x, filters, f"{name}_ctx1", seeds)
+    y = layers.SpatialDropout3D(dropout, seed=seeds.next(), name=f"{name}_drop")(y)
+    y = _conv_block(y, filters, f"{name}_ctx2", seeds)
+    return layers.Add(name=f"{name}_sum")([x, y])
+
+
+def _encoder(x, filters: Sequence[int], strides: Strides, dropout: float, seeds: _Seeds) -> list:
+    skips = []
+    for level, n in enumerate(filters):
+        stride = 1 if level == 0 else strides[level - 1]
+        x = _conv_block(x, n, f"enc{level}_in", seeds, strides=stride)
+        x = _context_module(x, n, f"enc{level}", dropout, seeds)
+        skips.append(x)
+    return skips
+
+
+def _decoder(skips: list, filters: Sequence[int], strides: Strides, seeds: _Seeds,
+             last_level: int) -> dict[int, object]:
+    """Up-sampling and localisation modules; returns the 1x1x1 segmentation map per level."""
+    x, segs = skips[-1], {}
+    for level in range(len(skips) - 2, last_level - 1, -1):
+        x = layers.UpSampling3D(strides[level], name=f"dec{level}_up")(x)
+        x = _conv_block(x, filters[level], f"dec{level}_upconv", seeds)
+        x = layers.Concatenate(name=f"dec{level}_concat")([skips[level], x])
+        x = _conv_block(x, filters[level], f"dec{level}_loc1", seeds)
+        x = _conv_block(x, filters[level], f"dec{level}_loc2", seeds, kernel=1)
+        if level < N_SEGMENTATION_LEVELS:
+            segs[level] = layers.Conv3D(1, 1, kernel_initializer=seeds.init(),
+                                        name=f"seg{level}")(x)
+    return segs
+
+
+def _deep_supervision(segs: dict[int, object], strides: Strides) -> dict[int, object]:
+    """Sum segmentation maps from coarse to fine; returns the running sum per level."""
+    sums, total = {}, None
+    for level in sorted(segs, reverse=True):
+        if total is not None:
+            total = layers.UpSampling3D(strides[level], name=f"ds{level}_up")(total)
+            total = layers.Add(name=f"ds{level}_sum")([total, segs[level]])
+        else:
+            total = segs[level]
+        sums[level] = total
+    return sums
+
+
+def build_backbone(input_shape_zyxc: Sequence[int], depth: int = 4, base_filters: int = 8,
+                   dropout: float = 0.3, segmentation: bool = True, seed: int | None = None,
+                   name: str = "backbone", _seeds: _Seeds | None = None) -> keras.Model:
+    """The Isensee 3D U-Net as a model with a dict of join features (and mask logits).
+
+    Outputs: ``encoder`` (level :func:`encoder_join_level`), ``bottleneck``,
+    ``deep_supervision`` (summed segmentation logits at level 1) and, with segmentation,
+    ``mask_logits`` (full resolution, pre-sigmoid).
+    """
+    if depth < 3:
+        raise ValueError("depth must be >= 3 (joins at 1/4 resolution and the bottleneck)")
+    seeds = _seeds or _Seeds(seed)
+    filters = [base_filters * 2**level for level in range(depth)]
+    strides = level_strides(input_shape_zyxc[:3], depth)
+    image = keras.Input(tuple(input_shape_zyxc), name="image")
+    skips = _encoder(image, filters, strides, dropout, seeds)
+    sums = _deep_supervision(_decoder(skips, filters, strides, seeds, 0 if segmentation else 1),
+                             strides)
+    outputs = {"encoder": skips[encoder_join_level(depth)], "bottleneck": skips[-1],
+               "deep_supervision": sums[1]}
+    if segmentation:
+        outputs["mask_logits"] = sums[0]
+    return keras.Model(image, outputs, name=name)
+
+
+def _check_args(input_shape_zyxc: Sequence[int], variant: str, comparison: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    if comparison not in COMPARISONS:
+        raise ValueError(f"unknown comparison {comparison!r}; choose one of {COMPARISONS}")
+    if len(input_shape_zyxc) != 4:
+        raise ValueError(f"input_shape_zyxc must be (z, y, x, C), got {input_shape_zyxc}")
+
+
+def build_rpnet(input_shape_zyxc: Sequence[int], variant: str = "full", depth: int = 4,
+                base_filters: int = 8, dropout: float = 0.3, comparison: str = "subtract",
+                seed: int | None = None, pcr_gradient: bool = False,
+                sync_batchnorm: bool = False) -> keras.Model:
+    """Build one RP-Net variant (see :data:`VARIANTS`).
+
+    Inputs are a dict ``{"pre", "post"}`` (the variant's subset) of (z, y, x, C) volumes;
+    outputs a dict with the variant's ``mask_pre``/``mask_post`` ((z, y, x, 1) sigmoid) and
+    ``pcr`` ((1,) sigmoid). ``comparison`` is how a join compares post with pre:
+    ``post - pre`` (default), channel concatenation, or ``|post - pre|``.
+
+    The default (``tumour``) head reads pCR inside the predicted tumour
+    (:func:`_tumour_head`). ``pcr_gradient=False`` (default) stops the pCR loss at the head:
+    the backbone, its features and its masks learn from the segmentation losses only, and the
+    pCR loss trains the readout alone, so the head vector of a training patient is not
+    fitted to that patient's label (which keeps the readout's cross-validation honest,
+    :mod:`utils.training.readout`). The ``single_task`` variant has no segmentation loss, so its
+    backbone always learns from the pCR loss. ``sync_batchnorm``: the head's batch norm
+    averages its statistics over all replicas (set under a distribution strategy, so that
+    every worker ends with the same moving statistics).
+    """
+    _check_args(input_shape_zyxc, variant, comparison)
+    spec, seeds = VARIANTS[variant], _Seeds(seed)
+    inputs = {b: keras.Input(tuple(input_shape_zyxc), name=b) for b in spec.inputs}
+    kwargs = {"depth": depth, "base_filters": base_filters, "dropout": dropout,
+                  "segmentation": spec.segmentation or spec.head == "tumour", "_seeds": seeds}
+    if spec.tied:
+        shared = build_backbone(input_shape_zyxc, name="backbone", **kwargs)
+        backbones = dict.fromkeys(spec.inputs, shared)
+    else:
+        backbones = {b: build_backbone(input_shape_zyxc, name=f"backbone_{b}", **kwargs)
+                     for b in spec.inputs}
+    features = {b: backbones[b](inputs[b]) for b in spec.inputs}
+    masks = {b: layers.Activation("sigmoid", dtype="float32", name=MASKS[b])(
+        features[b]["mask_logits"]) for b in spec.inputs if "mask_logits" in features[b]}
+    outputs = {MASKS[b]: masks[b] for b in spec.inputs if spec.segmentation}
+    if spec.head == "paper":
+        outputs["pcr"] = _paper_head(features, spec.joins, depth, base_filters, dropout,
+                                     comparison, seeds)
+    else:
+        detach = spec.segmentation and not pcr_gradient
+        outputs["pcr"] = _tumour_head(inputs, features, masks, spec.joins, input_shape_zyxc,
+                                      depth, dropout, comparison, seeds, detach, sync_batchnorm)
+    return keras.Model(inputs, outputs, name=f"rpnet_{variant}")
+
+
+def join_levels(depth: int) -> dict[str, int]:
+    return {"encoder": encoder_join_level(depth), "bottleneck": depth - 1,
+            "deep_supervision": 1}
+
+
+def _compare(features: dict[str, object], key: str, comparison: str):
+    """Post compared with pre at one join (or the one branch's features)."""
+    maps = [features[b][key] for b in BRANCHES if b in features]
+    if len(maps) == 1:
+        return maps[0]
+    if comparison == "subtract":
+        return layers.Subtract(name=f"join_{key}_diff")(maps[::-1])
+    if comparison == "concat":
+        return layers.Concatenate(name=f"join_{key}_concat")(maps)
+    return AbsDifference(name=f"join_{key}_absdiff")(maps[::-1])
+
+
+def _final_dense(x, dropout: float, seeds: _Seeds, zero_init: bool):
+    x = layers.Dropout(dropout, seed=seeds.next(), name="head_dropout")(x)
+    init = "zeros" if zero_init else seeds.init()
+    return layers.Dense(1, activation="sigmoid", dtype="float32", name="pcr",
+                        kernel_initializer=init)(x)
+
+
+def _paper_head(features: dict, joins: Sequence[str], depth: int, base_filters: int,
+                dropout: float, comparison: str, seeds: _Seeds):
+    """The release's head: per join, compare, conv block (instance norm), global average pool
+    over the whole ROI; concatenate, dropout, sigmoid unit."""
+    level = join_levels(depth)
+    vectors = []
+    for key in joins:
+        x = _conv_block(_compare(features, key, comparison), base_filters * 2 ** level[key],
+                        f"join_{key}", seeds)
+        vectors.append(layers.GlobalAveragePooling3D(name=f"join_{key}_gap")(x))
+    x = layers.Concatenate(name="head_concat")(vectors) if len(vectors) > 1 else vectors[0]
+    return _final_dense(x, dropout, seeds, zero_init=False)
+
+
+def level_pool_sizes(shape_zyx: Sequence[int], depth: int) -> list[tuple[int, int, int]]:
+    """Cumulative downsampling factor of every U-Net level (level 0: (1, 1, 1))."""
+    sizes = [(1, 1, 1)]
+    for stride in level_strides(shape_zyx, depth):
+        sizes.append(tuple(a * b for a, b in zip(sizes[-1], stride, strict=True)))
+    return sizes
+
+
+def _detached(features: dict, masks: dict) -> tuple[dict, dict]:
+    """The join features and the binary masks (>= 0.5, as every predicted mask of this
+    package) behind a StopGradient: the pCR loss stops at the head."""
+    features = {b: {key: StopGradient(name=f"{b}_{key}_detached")(value)
+                    for key, value in maps.items() if key in JOINS}
+                for b, maps in features.items()}
+    masks = {b: StopGradient(0.5, name=f"{MASKS[b]}_binary")(m) for b, m in masks.items()}
+    return features, masks
+
+
+def _tumour_head(inputs: dict, features: dict, masks: dict, joins: Sequence[str],
+                 input_shape_zyxc: Sequence[int], depth: int, dropout: float,
+                 comparison: str, seeds: _Seeds, detach: bool, sync_batchnorm: bool = False):
+    """Tumour-guided readout: the post-vs-pre comparison averaged inside the predicted tumour.
+
+    Per join: the comparison map (no convolution, no normalisation: amplitude survives)
+    averaged inside the tumour region (union of the pre and post masks, average-pooled to the
+    join's grid; binary masks when the head is detached, soft ones for ``single_task``).
+    Tumour-level quantities: log volumes and their log ratio, and the mean and SD of every
+    input channel of each exam inside each mask. Batch norm on the head vector, dropout, and
+    a zero-initialised sigmoid unit (training starts at p = 0.5)."""
+    branches = [b for b in BRANCHES if b in masks]
+    if detach:
+        features, masks = _detached(features, masks)
+    region = (SoftUnion(name="tumour_region")([masks[b] for b in branches])
+              if len(branches) > 1 else masks[branches[0]])
+    pools = level_pool_sizes(input_shape_zyxc[:3], depth)
+    level = join_levels(depth)
+    vectors = []
+    for key in joins:
+        weight = region if level[key] == 0 else layers.AveragePooling3D(
+            pools[level[key]], name=f"join_{key}_region")(region)
+        vectors.append(MaskedAverage(name=f"join_{key}_tumour_mean")(
+            [_compare(features, key, comparison), weight]))
+    vectors.append(LogVolumes(name="tumour_log_volumes")([masks[b] for b in branches]))
+    vectors += [MaskedMoments(name=f"tumour_moments_{image}_in_{where}")(
+        [inputs[image], masks[where]]) for image in BRANCHES if image in inputs
+        for where in branches]
+    x = layers.Concatenate(name="head_concat")(vectors)
+    x = layers.BatchNormalization(momentum=0.9, synchronized=sync_batchnorm, name=HEAD_VECTOR)(x)
+    return _final_dense(x, dropout, seeds, zero_init=True)
+
+
+def head_groups(model: keras.Model) -> list[tuple[str, int]]:
+    """``(group, width)`` of each block of the head vector, in order. Groups: the join name
+    (``encoder``, ``bottleneck``, ``deep_supervision``) for pooled join features, ``tumour``
+    for the tumour-level quantities."""
+    names = {layer.name for layer in model.layers}
+    if "head_concat" not in names:
+        return [("all", int(model.get_layer("pcr").input.shape[-1]))]
+    groups = []
+    for tensor in model.get_layer("head_concat").input:
+        name = tensor._keras_history.operation.name  # the layer that produced the block
+        key = next((k for k in JOINS if name.startswith(f"join_{k}_")), "tumour")
+        groups.append((key, int(tensor.shape[-1])))
+    return groups
+
+
+def head_vector_model(model: keras.Model) -> keras.Model:
+    """A model from the RP-Net inputs to the head vector that the final ``pcr`` unit reads."""
+    return keras.Model(model.inputs, model.get_layer("pcr").input)
+
+
+def set_readout(model: keras.Model, coef: Sequence[float], intercept: float) -> None:
+    """Replace the final ``pcr`` unit's weights (a logistic readout on the head vector)."""
+    dense = model.get_layer("pcr")
+    kernel = np.asarray(coef, dtype="float32").reshape(dense.kernel.shape)
+    dense.set_weights([kernel, np.asarray([intercept], dtype="float32")])
+
+
+# --------------------------------------------------------------------------- compile / load
+def make_optimizer(name: str = "adam", learning_rate: float = 1e-3) -> keras.optimizers.Optimizer:
+    """``adam`` (default: Adam, robust for small cohorts) or ``sgd`` (momentum 0.9, as the
+    authors; use ``learning_rate=1e-2`` for their setting)."""
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+
+
+def rpnet_losses(variant: str = "full", pcr_pos_weight: float | None = None) -> dict:
+    """Loss per output: Dice+BCE per mask, (optionally positive-weighted) BCE on pcr."""
+    outputs = VARIANTS[variant].outputs
+    losses = {name: DiceBCELoss() for name in outputs if name != "pcr"}
+    losses["pcr"] = (WeightedBCELoss(pcr_pos_weight) if pcr_pos_weight
+                     else keras.losses.BinaryCrossentropy())
+    return losses
+
+
+def compile_rpnet(model: keras.Model, variant: str = "full", learning_rate: float = 1e-3,
+                  loss_weights: Mapping[str, float] | None = None,
+                  pcr_pos_weight: float | None = None, optimizer: str = "adam",
+                  jit_compile: bool | str = "auto", **compile_kwargs) -> keras.Model:
+    """Compile ``model`` with the RP-Net losses, loss weights and metrics; returns it.
+
+    Loss weights default to the release (pcr 1.0, each mask 0.2); ``loss_weights``
+    overrides some of them. ``pcr_pos_weight`` (e.g. n_negative / n_positive) weights the
+    positive class of the pcr BCE. Metrics: ``dice`` on masks, ``auc`` on pcr.
+    ``jit_compile="auto"``: see :func:`resolve_jit_compile`. Other keyword arguments
+    (``run_eagerly``, ``steps_per_execution``) go to ``model.compile``.
+    """
+    outputs = VARIANTS[variant].outputs
+    if set(model.output_names) != set(outputs):
+        raise ValueError(f"model outputs {model.output_names} are not variant {variant!r}'s")
+    weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
+    metrics = {name: [DiceMetric(name="dice")] for name in outputs if name != "pcr"}
+    metrics["pcr"] = [keras.metrics.AUC(name="auc")]
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate),
+                  loss=rpnet_losses(variant, pcr_pos_weight),
+                  loss_weights={name: weights[name] for name in outputs},
+                  metrics=metrics, jit_compile=resolve_jit_compile(jit_compile),
+                  **compile_kwargs)
+    return model
+
+
+def resolve_jit_compile(jit_compile: bool | str = "auto") -> bool | str:
+    """``"auto"`` -> no XLA for TensorFlow on CPU, else Keras's own ``"auto"``.
+
+    XLA's CPU 3D convolutions bypass oneDNN: a training step of this network was ~20x
+    slower with XLA than without on a 2-core CPU (``benchmarks/bench_model.py``). JAX
+    needs XLA; TensorFlow on a GPU gets Keras's choice.
+    """
+    if jit_compile != "auto" or keras.backend.backend() != "tensorflow":
+        return jit_compile
+    import tensorflow as tf
+
+    return "auto" if tf.config.list_physical_devices("GPU") else False
+
+
+def load_rpnet(path: str | Path, compile: bool = True) -> keras.Model:
+    """Load a saved ``.keras`` RP-Net with ``safe_mode=True``."""
+    return keras.saving.load_model(path, compile=compile, safe_mode=True)
+
+
+def variant_of(model: keras.Model) -> str:
+    """The variant name of a model built by :func:`build_rpnet`."""
+    return model.name.removeprefix("rpnet_")

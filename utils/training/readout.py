@@ -1,0 +1,151 @@
+"""Stage 2 of training: a cross-validated logistic readout of the pCR head.
+
+Stage 1 (:mod:`utils.training.train`) trains the whole network, segmentation and pCR together. The
+network's last layer is one sigmoid unit on the *head vector* (the tumour-guided features of
+:func:`utils.model.rpnet.build_rpnet`). Stage 2 refits that unit in closed form: an L2-penalised
+logistic regression on the head vectors of every training-cohort patient (unaugmented, the
+network in inference mode), its penalty chosen by stratified k-fold cross-validation, and the
+fitted coefficients written back into the unit (:func:`utils.model.rpnet.set_readout`), so the saved
+``.keras`` model outputs the refitted probability.
+
+Why: the readout is small and the cohort is small. A gradient-trained unit on a few dozen
+pCR patients, after a few epochs on balanced batches, is neither converged nor calibrated;
+the logistic fit is both, at the natural prevalence (no prior correction needed), and its
+cross-validation uses all training patients instead of a 24-patient tune split.
+
+Every choice uses the training cohort only. The folds are saved (``results/folds.csv``),
+the out-of-fold probability of each training patient is the training-cohort score in
+``predictions.csv`` (so operating points chosen on the training cohort are not in-sample
+for the readout), and the out-of-fold AUC of every penalty is kept in the model card.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+
+from utils.measures import auc_or_nan as roc_auc
+from utils.measures import sigmoid
+from utils.repro import derive_seed
+
+K_FOLDS = 5
+C_GRID: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 1, 11))
+
+
+def make_folds(patients: pd.DataFrame, k: int = K_FOLDS, seed: int = 2021) -> pd.DataFrame:
+    """Stratified patient folds ``patient_id, fold`` (0..k-1) of the rows of ``patients``.
+
+    Within each pCR stratum, patients are ordered by a hash of (seed, id) and dealt to the
+    folds in turn, so the fold of a patient does not depend on row order.
+    """
+    if k < 2:
+        raise ValueError(f"k-fold cross-validation needs k >= 2, got {k}")
+    rows = []
+    offset = 0
+    for _, group in patients.groupby("pcr", sort=True):
+        ids = sorted(map(str, group["patient_id"]), key=lambda p: derive_seed(seed, "fold", p))
+        rows += [(pid, (offset + i) % k) for i, pid in enumerate(ids)]
+        offset += len(ids)
+    folds = pd.DataFrame(rows, columns=["patient_id", "fold"])
+    return folds.sort_values("patient_id").reset_index(drop=True)
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    return mean, np.where(scale > 1e-8, scale, 1.0)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:
+    """L2 logistic regression on standardised ``x``; coefficients for the *raw* features."""
+    mean, scale = _standardise(x)
+    model = LogisticRegression(C=c, max_iter=2000)
+    model.fit((x - mean) / scale, y)
+    coef = model.coef_[0] / scale
+    return coef, float(model.intercept_[0] - coef @ mean)
+
+
+def out_of_fold(x: np.ndarray, y: np.ndarray, folds: np.ndarray, c: float) -> np.ndarray:
+    """Out-of-fold probabilities: each fold predicted by a fit on the other folds."""
+    oof = np.zeros(len(y))
+    for fold in np.unique(folds):
+        held = folds == fold
+        if len(np.unique(y[~held])) < 2:
+            oof[held] = y[~held].mean()
+            continue
+        coef, intercept = fit_logistic(x[~held], y[~held], c)
+        oof[held] = sigmoid(x[held] @ coef + intercept)
+    return oof
+
+
+@dataclass
+class Readout:
+    """A fitted readout: coefficients over the whole head vector (zero outside the chosen
+    feature set), intercept, the chosen feature set and penalty, and the CV table."""
+
+    coef: np.ndarray
+    intercept: float
+    features: str
+    c: float
+    oof: np.ndarray = field(repr=False)  # out-of-fold probability per training patient
+    cv: pd.DataFrame = field(repr=False)  # features, n_features, C, oof_auc, oof_log_loss
+
+    @property
+    def oof_auc(self) -> float:
+        chosen = (self.cv["features"] == self.features) & (self.cv["C"] == self.c)
+        return float(self.cv.loc[chosen, "oof_auc"].iloc[0])
+
+    def card(self) -> dict:
+        """What the model card records about the readout."""
+        return {"features": self.features, "C": self.c, "oof_auc": self.oof_auc,
+                "k_folds": int(self.cv.attrs["k"]), "cv": self.cv.to_dict("records")}
+
+
+def candidate_sets(groups: Sequence[tuple[str, int]]) -> dict[str, np.ndarray]:
+    """Feature sets the readout may choose from, as column masks over the head vector.
+
+    With tumour-level quantities: those alone, with each join's pooled features, and with
+    every join; without them (the release's head): everything.
+    """
+    names = np.concatenate([[g] * width for g, width in groups])
+    joins = [g for g in dict.fromkeys(n for n, _ in groups) if g != "tumour"]
+    if "tumour" not in names:
+        return {"all": np.ones(len(names), bool)}
+    sets = {"tumour": names == "tumour"}
+    for join in joins:
+        sets[f"tumour+{join}"] = (names == "tumour") | (names == join)
+    if len(joins) > 1:
+        sets["tumour+" + "+".join(joins)] = np.ones(len(names), bool)
+    return sets
+
+
+def fit_readout(x: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                groups: Sequence[tuple[str, int]] | None = None,
+                c_grid: Sequence[float] = C_GRID) -> Readout:
+    """Choose the feature set and penalty by out-of-fold AUC (ties: lower log loss, fewer
+    features, stronger penalty), then refit on every row."""
+    x, y, folds = np.asarray(x, float), np.asarray(y, int), np.asarray(folds)
+    if len(np.unique(y)) < 2:
+        raise ValueError("the readout needs pCR and non-pCR patients in the training cohort")
+    sets = candidate_sets(groups or [("all", x.shape[1])])
+    rows, oofs = [], {}
+    for name, columns in sets.items():
+        for c in c_grid:
+            oofs[name, c] = out_of_fold(x[:, columns], y, folds, c)
+            rows.append({"features": name, "n_features": int(columns.sum()), "C": c,
+                         "oof_auc": roc_auc(y, oofs[name, c]),
+                         "oof_log_loss": float(log_loss(y, np.clip(oofs[name, c], 1e-7,
+                                                                   1 - 1e-7)))})
+    cv = pd.DataFrame(rows)
+    cv.attrs["k"] = len(np.unique(folds))
+    best = cv.sort_values(["oof_auc", "oof_log_loss", "n_features", "C"],
+                          ascending=[False, True, True, True]).iloc[0]
+    name, c = str(best["features"]), float(best["C"])
+    coef = np.zeros(x.shape[1])
+    coef[sets[name]], intercept = fit_logistic(x[:, sets[name]], y, c)
+    return Readout(coef, intercept, name, c, oofs[name, c], cv)
