@@ -1,6 +1,7 @@
 # Two commands for a newcomer:  make reproduce   and   make test
 # PROFILE selects the run size: smoke (tests), demo (default), paper (GPU).
-PROFILE ?= demo
+# make PROFILE=x wins over an exported RPNET_PROFILE, which wins over the default (demo).
+PROFILE ?= $(or $(RPNET_PROFILE),demo)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -47,11 +48,13 @@ data: $(STAMP)
 	RPNET_PROFILE=$(PROFILE) $(PY) -m utils.cohort --profile $(PROFILE) \
 		$(if $(filter demo,$(PROFILE)),--manifest data_manifest.csv,)
 
+# Stored notebooks without timestamps or volatile metadata (.jupyter/nbconvert_clean.py).
 reproduce: $(STAMP) data
 	@for nb in $(NOTEBOOKS); do \
 		echo "== $$nb ($(PROFILE))"; \
 		RPNET_PROFILE=$(PROFILE) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
-			--ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.kernel_name=python3 "$$nb" || exit 1; \
+			--config .jupyter/nbconvert_clean.py --ExecutePreprocessor.timeout=-1 \
+			--ExecutePreprocessor.kernel_name=python3 "$$nb" || exit 1; \
 	done
 	RPNET_PROFILE=$(PROFILE) $(PY) -m utils.evaluation.report --profile $(PROFILE)
 	@echo "figures in $$(RPNET_PROFILE=$(PROFILE) $(PY) -c 'from utils.config import get_paths; print(get_paths().figures_dir)')"
@@ -70,8 +73,10 @@ nbval: $(STAMP)
 	RPNET_PROFILE=smoke $(PY) -m pytest $(NBVAL_FLAGS) $(NOTEBOOKS)
 
 lab: $(STAMP)
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (RP-Net .venv)"
-	RPNET_STATIC_FIGURES= RPNET_PROFILE=$(PROFILE) $(VENV)/bin/jupyter lab notebooks/
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3"
+	RPNET_STATIC_FIGURES= RPNET_PROFILE=$(PROFILE) $(VENV)/bin/jupyter lab notebooks/ \
+		--config=.jupyter/jupyter_server_config.py \
+		$(if $(filter 0,$(shell id -u)),--allow-root,)
 
 lint: $(STAMP)
 	$(PY) -m ruff check utils tests benchmarks

@@ -2,8 +2,9 @@
 
 Usage: ``.venv/bin/python benchmarks/bench_loader.py --profile demo [--batches 24]``
 
-1. Loader: batches/s of :class:`utils.training.dataset.RPNetDataset` (training mode: balanced sampling,
-   spatial + intensity augmentation) in one thread, over ``--batches`` batches of a fresh epoch.
+1. Loader: batches/s of :class:`utils.training.dataset.RPNetDataset` (training mode: balanced
+   sampling, spatial + intensity augmentation) in one thread, over ``--batches`` batches of a
+   fresh epoch.
    Data: the profile's preprocessing cache if present, else random arrays of the cached shapes
    (augmentation cost does not depend on the values).
 2. Training: batches/s of ``train_on_batch`` for the profile's ``full`` model (after warm-up,
@@ -26,14 +27,16 @@ import numpy as np
 from utils import config
 from utils.io import write_json_atomic
 from utils.repro import versions
-from utils.training import dataset as dt
 from utils.training import distribute
-from utils.training import train as tr
+from utils.training.config import TrainConfig
+from utils.training.dataset import RPNetDataset
+from utils.training.fit import build_compiled
+from utils.training.patients import PatientArrays, load_patients
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def synthetic_arrays(profile: config.Profile, n: int = 40) -> dict[str, dt.PatientArrays]:
+def synthetic_arrays(profile: config.Profile, n: int = 40) -> dict[str, PatientArrays]:
     """Random patients with the profile's ROI shape and a cubic tumour."""
     rng = np.random.default_rng(0)
     shape = (*profile.roi_zyx, len(config.SEQUENCES))
@@ -43,14 +46,14 @@ def synthetic_arrays(profile: config.Profile, n: int = 40) -> dict[str, dt.Patie
         z, y, x = (s // 2 for s in profile.roi_zyx)
         mask[z - 2:z + 2, y - 6:y + 6, x - 6:x + 6] = 1
         images = [rng.normal(size=shape).astype(np.float32) for _ in range(2)]
-        out[f"P{i:03d}"] = dt.PatientArrays(f"P{i:03d}", "training", "A", int(i % 4 == 0),
+        out[f"P{i:03d}"] = PatientArrays(f"P{i:03d}", "training", "A", int(i % 4 == 0),
                                            images[0], images[1], mask, mask.copy(),
                                            np.asarray(profile.spacing_zyx, float))
     return out
 
 
 def cached_arrays(profile: config.Profile, cache_dir: Path | None = None
-                  ) -> dict[str, dt.PatientArrays] | None:
+                  ) -> dict[str, PatientArrays] | None:
     paths = config.get_paths(profile.name)
     cache_dir = cache_dir or paths.cache_dir
     if not (cache_dir / "processed.csv").exists() or not paths.manifest.exists():
@@ -58,13 +61,13 @@ def cached_arrays(profile: config.Profile, cache_dir: Path | None = None
     from utils.cohort.manifest import load_manifest, patient_table
 
     patients = patient_table(load_manifest(paths.manifest))
-    arrays, _ = dt.load_patients(cache_dir, patients[patients["cohort"] == "training"])
+    arrays, _ = load_patients(cache_dir, patients[patients["cohort"] == "training"])
     return arrays or None
 
 
-def loader_rate(arrays: dict[str, dt.PatientArrays], batch_size: int, n_batches: int,
+def loader_rate(arrays: dict[str, PatientArrays], batch_size: int, n_batches: int,
                 seed: int) -> float:
-    ds = dt.RPNetDataset(arrays, sorted(arrays), "full", batch_size, training=True, seed=seed,
+    ds = RPNetDataset(arrays, sorted(arrays), "full", batch_size, training=True, seed=seed,
                         pcr_fraction=0.5, steps_per_epoch=n_batches)
     ds[0]  # warm-up (imports, caches)
     ds.epoch = 1
@@ -74,14 +77,14 @@ def loader_rate(arrays: dict[str, dt.PatientArrays], batch_size: int, n_batches:
     return n_batches / (time.perf_counter() - start)
 
 
-def train_rate(arrays: dict[str, dt.PatientArrays], profile: config.Profile, batch_size: int,
+def train_rate(arrays: dict[str, PatientArrays], profile: config.Profile, batch_size: int,
                steps: int) -> tuple[float, float]:
     """(batches/s after warm-up, first-step seconds) of train_on_batch for ``full``."""
     device = distribute.setup_device()
-    cfg = tr.TrainConfig().resolved(profile)
+    cfg = TrainConfig().resolved(profile)
     shape = next(iter(arrays.values())).image_pre.shape
-    model = tr.build_compiled("full", profile, cfg, shape, device)
-    ds = dt.RPNetDataset(arrays, sorted(arrays), "full", batch_size, training=False)
+    model = build_compiled("full", profile, cfg, shape, device)
+    ds = RPNetDataset(arrays, sorted(arrays), "full", batch_size, training=False)
     x, y = ds[0]
     start = time.perf_counter()
     model.train_on_batch(x, y)

@@ -7,13 +7,13 @@ Usage: ``.venv/bin/python benchmarks/bench_model.py --profile demo [--explore]``
    and batch size): samples/s of ``train_on_batch`` after warm-up, with and without XLA
    (``jit_compile``), and the achieved GFLOP/s, estimating one training step as 3x the
    forward FLOPs per sample (forward + two backward products), with forward FLOPs from
-   :func:`utils.model.architecture.count_flops` (2 x multiply-adds of conv and dense layers).
+   :func:`utils.model.flops.count_flops` (2 x multiply-adds of conv and dense layers).
 3. ``--explore`` adds a doubled batch and doubled base filters, to show what moves the rate
    (written to ``bench_model_<profile>_explore.json``).
 
 Prints a table and writes ``benchmarks/results/bench_model_<profile>.json``. Findings on the
 2-core CPU: XLA is 20-30x slower (its CPU 3D convolutions bypass oneDNN), so
-:func:`utils.model.rpnet.compile_rpnet` turns it off for TensorFlow on CPU; the instance
+:func:`utils.model.compile.compile_rpnet` turns it off for TensorFlow on CPU; the instance
 normalisations take about a third of a step (memory-bound, no FLOPs counted); wider layers
 raise the fraction of the matmul rate. Other processes on a shared machine lower both
 rates: the load averages are recorded with the results.
@@ -33,8 +33,10 @@ import numpy as np
 
 from utils import config
 from utils.io import write_json_atomic
-from utils.model import architecture
-from utils.model import rpnet as rp
+from utils.model.compile import compile_rpnet
+from utils.model.flops import count_flops
+from utils.model.rpnet import build_rpnet
+from utils.model.variants import BRANCHES
 from utils.repro import versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -83,7 +85,7 @@ def _best_time(run, seconds: float) -> float:
 
 def _batch(shape: tuple[int, ...], batch: int, seed: int = 0) -> tuple[dict, dict]:
     rng = np.random.default_rng(seed)
-    x = {b: rng.standard_normal((batch, *shape), dtype=np.float32) for b in rp.BRANCHES}
+    x = {b: rng.standard_normal((batch, *shape), dtype=np.float32) for b in BRANCHES}
     y = {m: (rng.random((batch, *shape[:3], 1)) > 0.9).astype("float32")
          for m in ("mask_pre", "mask_post")}
     y["pcr"] = (np.arange(batch) % 2).astype("float32")[:, None]
@@ -93,10 +95,10 @@ def _batch(shape: tuple[int, ...], batch: int, seed: int = 0) -> tuple[dict, dic
 def measure(case: Case, steps: int, peak: float) -> Case:
     """Build, compile and time ``steps`` training steps of the full model after warm-up."""
     keras.utils.clear_session()
-    model = rp.build_rpnet(case.input_shape, "full", depth=case.depth,
+    model = build_rpnet(case.input_shape, "full", depth=case.depth,
                           base_filters=case.base_filters, seed=0)
-    rp.compile_rpnet(model, "full", jit_compile=case.jit_compile)
-    case.forward_gflop_per_sample = architecture.count_flops(model) / 1e9
+    compile_rpnet(model, "full", jit_compile=case.jit_compile)
+    case.forward_gflop_per_sample = count_flops(model) / 1e9
     x, y = _batch(case.input_shape, case.batch_size)
     t0 = time.perf_counter()
     model.train_on_batch(x, y)  # traces (and with XLA compiles) the step

@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_preprocess.py [--profile demo] [--workers N] [--limit N]
 
-Runs :func:`utils.preprocessing.cache.run_preprocessing` on the profile's cohort (generated into a
+Runs :func:`utils.preprocessing.run.run_preprocessing` on the profile's cohort (generated into a
 temporary folder if absent) into a temporary cache, twice: cold (everything computed) and
 warm (inputs hashed, cache verified, nothing recomputed). Also reports CPU seconds per
 patient, so that a run on a busy machine (see ``load_average``) can be read as the
@@ -24,8 +24,8 @@ import pandas as pd
 from benchmarks.common import write_result
 from utils.cohort.manifest import load_manifest
 from utils.config import get_paths, get_profile
-from utils.preprocessing.cache import run_preprocessing
-from utils.preprocessing.pipeline import PreprocessParams
+from utils.preprocessing.params import PreprocessParams
+from utils.preprocessing.run import run_preprocessing
 
 TARGET_COLD_PER_MIN = 60.0
 TARGET_WARM_FRACTION = 0.05

@@ -13,9 +13,8 @@ peak device memory. Writes ``$OUT/bench_train_gpu_<profile>_<backend>.json`` if 
 set, else ``benchmarks/results/`` (``_cpu`` appended without a GPU). On a CPU it runs two
 steps and says it is not a GPU measurement.
 
-It imports only Keras, NumPy, ``utils.config``, ``utils.model.rpnet`` and ``utils.model.architecture``
-(no TensorFlow unless that is the backend), so it runs under ``KERAS_BACKEND=jax`` without
-TensorFlow installed.
+It imports only Keras, NumPy, ``utils.config`` and ``utils.model`` (no TensorFlow unless that
+is the backend), so it runs under ``KERAS_BACKEND=jax`` without TensorFlow installed.
 """
 
 from __future__ import annotations
@@ -31,8 +30,9 @@ import keras
 import numpy as np
 
 from utils import config
-from utils.model import architecture
-from utils.model import rpnet as rp
+from utils.model.compile import compile_rpnet
+from utils.model.flops import count_flops
+from utils.model.rpnet import build_rpnet
 
 TRAIN_FACTOR = 3  # one training step ~ 3 forward passes (forward, input and weight gradients)
 
@@ -91,9 +91,9 @@ def measure(profile: config.Profile, batch_size: int, steps: int, warmup: int,
             policy: str) -> dict:
     keras.mixed_precision.set_global_policy(policy)
     shape = (*profile.roi_zyx, len(config.SEQUENCES))
-    model = rp.build_rpnet(shape, "full", depth=profile.depth,
-                           base_filters=profile.base_filters, seed=profile.seed)
-    rp.compile_rpnet(model, "full", profile.learning_rate, jit_compile="auto")
+    model = build_rpnet(shape, "full", depth=profile.depth,
+                        base_filters=profile.base_filters, seed=profile.seed)
+    compile_rpnet(model, "full", profile.learning_rate, jit_compile="auto")
     x, y = random_data(shape, batch_size * max(steps, warmup))
     warm = {k: v[:batch_size * warmup] for k, v in x.items()}
     warm_y = {k: v[:batch_size * warmup] for k, v in y.items()}
@@ -104,7 +104,7 @@ def measure(profile: config.Profile, batch_size: int, steps: int, warmup: int,
     model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
     seconds = time.perf_counter() - start
     samples = batch_size * max(steps, warmup)
-    flops = architecture.count_flops(model)
+    flops = count_flops(model)
     rate = samples / seconds
     return {"batch_size": batch_size, "steps": samples // batch_size,
             "warmup_s": first, "step_ms": 1000 * seconds / (samples // batch_size),

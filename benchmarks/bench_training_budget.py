@@ -2,7 +2,7 @@
 
 Usage: ``.venv/bin/python benchmarks/bench_training_budget.py --profile demo [--variant full]``
 
-Trains one variant exactly as ``utils.training.train.train_all`` does (fresh run folder under a
+Trains one variant exactly as ``utils.training.runner.train_all`` does (fresh run folder under a
 temporary directory, the profile's epochs and the cache of notebook 01), and splits the wall
 time into: the first epoch's extra time (graph tracing), steps x the bare step time measured
 in the same run (median of the batches after the first epoch), the data loader's share, the
@@ -24,10 +24,13 @@ import numpy as np
 
 from benchmarks.common import matmul_gflops, write_result
 from utils import config
-from utils.inference.batch import predict_variant
-from utils.training import train as tr
+from utils.inference.batch import predict_runs
+from utils.training import fit
 from utils.training.checkpoint import RunCheckpoint
-from utils.training.dataset import RPNetDataset, prepare_data
+from utils.training.config import TrainConfig
+from utils.training.dataset import RPNetDataset
+from utils.training.fit import fit_variant
+from utils.training.patients import prepare_data
 
 TIMED = defaultdict(float)
 
@@ -72,7 +75,7 @@ def instrument() -> None:
     checkpoint = keras.callbacks.ModelCheckpoint
     checkpoint.on_epoch_end = _timed("checkpoints", checkpoint.on_epoch_end)
     RunCheckpoint.on_epoch_end = _timed("checkpoints", RunCheckpoint.on_epoch_end)
-    tr.refit_readout = _timed("readout_refit", tr.refit_readout)
+    fit.refit_readout = _timed("readout_refit", fit.refit_readout)  # as fit_variant calls it
     keras.Model.evaluate = _timed("tune_evaluation", keras.Model.evaluate)  # validation_data
     RPNetDataset.__getitem__ = _timed("loader", RPNetDataset.__getitem__)
 
@@ -91,13 +94,13 @@ def main() -> None:
         start = time.perf_counter()
         data = prepare_data(profile, paths)
         load_s = time.perf_counter() - start
-        cfg = tr.TrainConfig().resolved(profile)
+        cfg = TrainConfig().resolved(profile)
         start = time.perf_counter()
-        result = tr.fit_variant(args.variant, data, profile, cfg, paths, resume=False,
-                                callbacks=[timer])
+        result = fit_variant(args.variant, data, profile, cfg, paths, resume=False,
+                             callbacks=[timer])
         fit_s = time.perf_counter() - start
         start = time.perf_counter()
-        predict_variant(args.variant, result.model, data, paths, cfg.batch_size)
+        predict_runs(paths, [result.model_path.stem], data)
         predict_s = time.perf_counter() - start
     steps = [s for epoch, s in timer.batches if epoch > 0]
     bare = float(np.median(steps))

@@ -23,8 +23,10 @@ import psutil
 
 from benchmarks.common import write_result
 from utils import config
-from utils.model import architecture
-from utils.model import rpnet as rp
+from utils.model.compile import compile_rpnet
+from utils.model.flops import count_flops, graph_nodes, parameter_counts
+from utils.model.rpnet import build_rpnet
+from utils.model.variants import BRANCHES
 
 GIB = 1024**3
 CARDS_GB = (16, 24, 80)
@@ -33,7 +35,7 @@ CARDS_GB = (16, 24, 80)
 def activation_elements(model) -> int:
     """Elements of every layer call's output per sample (nested backbone calls included)."""
     total = 0
-    for node in architecture.graph_nodes(model):
+    for node in graph_nodes(model):
         layer = node.operation
         if hasattr(layer, "layers") and layer is not model and hasattr(layer, "_nodes_by_depth"):
             total += activation_elements(layer)
@@ -55,15 +57,15 @@ def main() -> None:
     args = parser.parse_args()
     profile = config.get_profile(args.profile)
     shape = (*profile.roi_zyx, len(config.SEQUENCES))
-    model = rp.compile_rpnet(rp.build_rpnet(shape, "full", depth=profile.depth,
+    model = compile_rpnet(build_rpnet(shape, "full", depth=profile.depth,
                                             base_filters=profile.base_filters,
                                             seed=profile.seed), "full",
                              learning_rate=profile.learning_rate)
-    params = architecture.parameter_counts(model)["total"]
+    params = parameter_counts(model)["total"]
     acts = activation_elements(model)
     rng = np.random.default_rng(0)
     batch = profile.batch_size
-    x = {b: rng.normal(size=(batch, *shape)).astype("float32") for b in rp.BRANCHES}
+    x = {b: rng.normal(size=(batch, *shape)).astype("float32") for b in BRANCHES}
     y = {k: (rng.random((batch, *shape[:3], 1)) > 0.9).astype("float32")
          for k in ("mask_pre", "mask_post")}
     y["pcr"] = (np.arange(batch) % 2).astype("float32")[:, None]
@@ -85,10 +87,10 @@ def main() -> None:
                "activation_mb_per_sample_float32": acts * 4 / 1e6,
                "activation_mb_per_sample_bfloat16": acts * 2 / 1e6,
                "first_step_s": times[0], "step_s": step, "step_times_s": times,
-               "train_gflop_per_s": 3 * architecture.count_flops(model) * batch / step / 1e9,
+               "train_gflop_per_s": 3 * count_flops(model) * batch / step / 1e9,
                "loss": float(logs["loss"]), "peak_rss_gib": rss,
                "estimated_step_memory_gb": fits, "cards_gb": list(CARDS_GB),
-               "forward_gflop_per_sample": architecture.count_flops(model) / 1e9}
+               "forward_gflop_per_sample": count_flops(model) / 1e9}
     path = write_result(f"dryrun_{profile.name}", payload)
     print(f"{profile.name}: input {shape}, batch {batch}, depth {profile.depth}, "
           f"{profile.base_filters} filters; {params:,} parameters; "

@@ -27,10 +27,11 @@ from sklearn.metrics import roc_auc_score
 
 from benchmarks.common import write_result
 from utils import config
-from utils.inference.batch import predict_variant
-from utils.training import train as tr
-from utils.training.dataset import prepare_data
+from utils.inference.batch import predict_runs
+from utils.training.config import TrainConfig
+from utils.training.fit import fit_variant
 from utils.training.modelcard import read_model_card
+from utils.training.patients import prepare_data
 
 SETTINGS = {"default": {}, "pcr_gradient": {"pcr_gradient": True},
             "no_readout": {"readout": False}}
@@ -40,10 +41,10 @@ def run(profile: config.Profile, name: str, changes: dict, root: Path) -> dict:
     base = config.get_paths(profile.name)
     paths = config.Paths(base.manifest, base.cache_dir, root / name, root / name / "results")
     data = prepare_data(profile, paths)
-    cfg = tr.TrainConfig(**changes).resolved(profile)
+    cfg = TrainConfig(**changes).resolved(profile)
     start = time.perf_counter()
-    result = tr.fit_variant("full", data, profile, cfg, paths, resume=False)
-    table = predict_variant("full", result.model, data, paths, cfg.batch_size)
+    result = fit_variant("full", data, profile, cfg, paths, resume=False)
+    table = predict_runs(paths, [result.model_path.stem], data)
     card = read_model_card(result.model_path) or {}
     row = {"setting": name, "changes": changes, "seconds": time.perf_counter() - start,
            "readout": (card.get("readout") or {}).get("features"),

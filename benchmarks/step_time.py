@@ -15,9 +15,10 @@ import numpy as np
 
 from benchmarks.common import write_result
 from utils import config
-from utils.model.rpnet import VARIANTS
-from utils.training import train as tr
+from utils.model.variants import VARIANTS
+from utils.training.config import TrainConfig
 from utils.training.distribute import setup_device
+from utils.training.fit import build_compiled
 
 
 def measure_step_time(profile: config.Profile | str | None = None, variant: str = "full",
@@ -27,7 +28,7 @@ def measure_step_time(profile: config.Profile | str | None = None, variant: str 
     bs = batch_size or prof.batch_size
     device = setup_device("auto")
     shape = (*prof.roi_zyx, len(config.SEQUENCES))
-    model = tr.build_compiled(variant, prof, tr.TrainConfig().resolved(prof), shape, device)
+    model = build_compiled(variant, prof, TrainConfig().resolved(prof), shape, device)
     rng = np.random.default_rng(0)
     spec = VARIANTS[variant]
     x = {b: rng.normal(size=(bs * steps, *shape)).astype(np.float32) for b in spec.inputs}

@@ -16,10 +16,12 @@ from utils import config
 SHARED_REFERENCE = config.ROOT.parent / "shared" / "reference"
 
 
-def tiny_profile() -> config.Profile:
-    """The smoke profile with six patients: three training, one internal, two external."""
-    return config.with_overrides(config.get_profile("smoke"), n_training=3, n_internal=1,
-                                 n_external=2)
+def tiny_profile(**overrides) -> config.Profile:
+    """The smoke profile with six patients (three training, one internal, two external);
+    ``overrides`` change any field (tests/synthetic.py's :data:`PROFILE`). The one test
+    profile helper."""
+    sizes = {"n_training": 3, "n_internal": 1, "n_external": 2}
+    return config.with_overrides(config.get_profile("smoke"), **{**sizes, **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -67,8 +69,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(cohort: Path):
-    """That cohort's training data (``utils.training.dataset.TrainData``) in run folder ``run_a``."""
-    from tests.synthetic import CFG, paths_under, tiny_profile
-    from utils.training.dataset import prepare_data
+    """That cohort's training data (``utils.training.patients.TrainData``) in folder ``run_a``."""
+    from tests.synthetic import CFG, PROFILE, paths_under
+    from utils.training.patients import prepare_data
 
-    return prepare_data(tiny_profile(), paths_under(cohort, "run_a"), CFG.tune_fraction)
+    return prepare_data(PROFILE, paths_under(cohort, "run_a"), CFG.tune_fraction)

@@ -14,8 +14,9 @@ from utils.cohort.manifest import MARKERS
 from utils.config import COHORTS
 from utils.evaluation import evaluate as ev
 from utils.evaluation import plots
-from utils.evaluation import scoring as sc
+from utils.evaluation import predictions as pr
 from utils.evaluation import stats as st
+from utils.inference.batch import PREDICTION_COLUMNS
 from utils.io import save_npz_atomic
 
 SHAPE = (8, 16, 16)
@@ -100,7 +101,7 @@ def write_synthetic_run(results_dir: Path, masks_dir: Path, cache_dir: Path,
                                         score_source=np.where(patients["cohort"] == "training",
                                                               "out_of_fold", "model"),
                                         dice_pre=np.nan, dice_post=np.nan))
-    predictions = pd.concat(rows, ignore_index=True)[sc.PREDICTION_COLUMNS]
+    predictions = pd.concat(rows, ignore_index=True)[PREDICTION_COLUMNS]
     results_dir.mkdir(parents=True, exist_ok=True)
     predictions.to_csv(results_dir / "predictions.csv", index=False)
     training = patients[patients["cohort"] == "training"]["patient_id"]
@@ -128,17 +129,17 @@ def make_run(root: Path) -> Path:
 
 def evaluate_run(root: Path, predictions: pd.DataFrame | None = None,
                  **kwargs) -> ev.Evaluation:
-    """:func:`utils.evaluation.evaluate.run_evaluation` of the run in ``root`` (``predictions`` replaces
-    its predictions.csv)."""
+    """:func:`utils.evaluation.evaluate.run_evaluation` of the run in ``root``
+    (``predictions`` replaces its predictions.csv)."""
     from utils.cohort.manifest import load_manifest, patient_table
 
-    predictions = sc.load_predictions(root / "results" / "predictions.csv") if (
+    predictions = pr.load_predictions(root / "results" / "predictions.csv") if (
         predictions is None) else predictions
     patients = kwargs.pop("patients", patient_table(load_manifest(root / "manifest.csv")))
-    return ev.run_evaluation(predictions, patients, sc.read_optional_csv(
-        root / "results" / "split.csv"), sc.read_optional_csv(root / "oracle.csv"),
+    return ev.run_evaluation(predictions, patients, pr.read_optional_csv(
+        root / "results" / "split.csv"), pr.read_optional_csv(root / "oracle.csv"),
         root / "masks", root / "cache", n_boot=200,
-        folds=sc.read_optional_csv(root / "results" / "folds.csv"), **kwargs)
+        folds=pr.read_optional_csv(root / "results" / "folds.csv"), **kwargs)
 
 
 def all_figures(result: ev.Evaluation, root: Path) -> list[plt.Figure]:

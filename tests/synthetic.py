@@ -12,20 +12,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tests.conftest import tiny_profile
 from utils import config
 from utils.io import save_npz_atomic
-from utils.training import train as tr
+from utils.training.config import TrainConfig
 
 ROI = (8, 16, 16)
 SPACING = (4.0, 2.0, 2.0)
 COHORT_SIZES = {"training": 16, "internal_validation": 4, "external_validation": 4}
-CFG = tr.TrainConfig(steps_per_epoch=2, pcr_fraction=0.5, plateau_patience=1)
+CFG = TrainConfig(steps_per_epoch=2, pcr_fraction=0.5, plateau_patience=1)
 
 
-def tiny_profile() -> config.Profile:
-    return config.with_overrides(config.get_profile("smoke"), n_training=16, n_internal=4,
-                                 n_external=4, roi_zyx=ROI, spacing_zyx=SPACING, depth=3,
-                                 base_filters=4, epochs=2, batch_size=4, learning_rate=1e-3)
+# conftest's test profile at this cohort's sizes, ROI and a tiny network
+PROFILE = tiny_profile(n_training=16, n_internal=4, n_external=4, roi_zyx=ROI,
+                       spacing_zyx=SPACING, depth=3, base_filters=4, epochs=2, batch_size=4,
+                       learning_rate=1e-3)
 
 
 def _patient_arrays(rng: np.random.Generator, pcr: int) -> dict[str, np.ndarray]:

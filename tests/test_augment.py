@@ -1,4 +1,5 @@
-"""Tests of utils.training.augment: masks stay aligned with images, exact flips, intensity changes."""
+"""Tests of utils.training.augment: masks stay aligned with images, exact flips, intensity
+changes."""
 
 from __future__ import annotations
 

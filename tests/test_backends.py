@@ -1,7 +1,7 @@
 """The GPU and second-backend code paths, exercised on the CPU.
 
 - JAX (CPU build, ``requirements-test.txt``): the model's outputs, a smoke training through
-  ``utils.training.train`` (stage 1 and the readout) and ``.keras`` files moving between backends.
+  ``utils.training.fit`` (stage 1 and the readout) and ``.keras`` files moving between backends.
 - Mixed precision (``mixed_bfloat16``) with XLA compilation, as on a GPU.
 
 Each check runs in a fresh process with its own ``KERAS_BACKEND``: the backend is fixed at the
@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from utils import config
-from utils.model import rpnet as rp
+from utils.model.rpnet import build_rpnet, head_vector_model, set_readout
+from utils.model.variants import BRANCHES
 
 TESTS = Path(__file__).resolve().parent
 SHAPE = (8, 16, 16, 2)
@@ -41,7 +42,7 @@ def _run(script: str, backend: str, *args: str) -> dict:
 
 def _inputs(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {b: rng.normal(size=(2, *SHAPE)).astype("float32") for b in rp.BRANCHES}
+    return {b: rng.normal(size=(2, *SHAPE)).astype("float32") for b in BRANCHES}
 
 
 _JAX_TRAINING = """
@@ -50,10 +51,14 @@ _JAX_TRAINING = """
     import keras
     import numpy as np
     sys.path.insert(0, sys.argv[1])
-    from synthetic import CFG, paths_under, tiny_profile, write_synthetic_cohort
-    from utils.model import rpnet as rp
-    from utils.training import train as tr
-    from utils.training.dataset import prepare_data
+    from synthetic import CFG, PROFILE, paths_under, write_synthetic_cohort
+    from utils.model.compile import compile_rpnet
+    from utils.model.rpnet import build_rpnet, head_vector_model, set_readout
+    from utils.model.variants import BRANCHES
+    from utils.training.curves import read_log
+    from utils.training.distribute import setup_device
+    from utils.training.fit import fit_variant
+    from utils.training.patients import prepare_data
     from utils.training.modelcard import read_model_card
     assert keras.backend.backend() == "jax", keras.backend.backend()
     import os, warnings
@@ -61,15 +66,15 @@ _JAX_TRAINING = """
                                           "task": {"type": "worker", "index": 0}})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        device = tr.setup_device()
+        device = setup_device()
     del os.environ["TF_CONFIG"]
     strategy_warning = any("needs the TensorFlow backend" in str(w.message) for w in caught)
     root = Path(sys.argv[2])
     write_synthetic_cohort(root)
     paths = paths_under(root, "jax_run")
-    data = prepare_data(tiny_profile(), paths)
-    result = tr.fit_variant("full", data, tiny_profile(), CFG, paths, resume=False)
-    log = tr.read_log(result.model_path.parent.parent / "logs" / "full" / "training.csv")
+    data = prepare_data(PROFILE, paths)
+    result = fit_variant("full", data, PROFILE, CFG, paths, resume=False)
+    log = read_log(result.model_path.parent.parent / "logs" / "full" / "training.csv")
     x = dict(np.load(sys.argv[3]))
     out = result.model.predict(x, verbose=0)
     np.savez(root / "jax_outputs.npz", **{k: np.asarray(v) for k, v in out.items()})
@@ -89,9 +94,9 @@ def jax_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path]
     """A smoke training under JAX, plus a TensorFlow-saved model loaded there."""
     root = tmp_path_factory.mktemp("jax")
     np.savez(root / "inputs.npz", **_inputs())
-    tf_model = rp.build_rpnet(SHAPE, "full", depth=3, base_filters=4, seed=5)
-    rp.set_readout(tf_model, np.linspace(-0.2, 0.2, rp.head_vector_model(tf_model)
-                                         .output.shape[-1]), 0.1)
+    tf_model = build_rpnet(SHAPE, "full", depth=3, base_filters=4, seed=5)
+    set_readout(tf_model, np.linspace(-0.2, 0.2, head_vector_model(tf_model)
+                                      .output.shape[-1]), 0.1)
     tf_model.save(root / "tf_model.keras")
     summary = _run(_JAX_TRAINING, "jax", str(TESTS), str(root), str(root / "inputs.npz"),
                    str(root / "tf_model.keras"))
@@ -129,11 +134,13 @@ _MIXED_PRECISION = """
     import json
     import keras
     import numpy as np
-    from utils.model import rpnet as rp
+    from utils.model.compile import compile_rpnet
+    from utils.model.rpnet import build_rpnet, head_vector_model, set_readout
+    from utils.model.variants import BRANCHES
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     shape = (8, 16, 16, 2)
-    model = rp.compile_rpnet(rp.build_rpnet(shape, "full", depth=3, base_filters=4, seed=1),
-                             "full", optimizer="adam", jit_compile=True)
+    model = compile_rpnet(build_rpnet(shape, "full", depth=3, base_filters=4, seed=1),
+                          "full", optimizer="adam", jit_compile=True)
     rng = np.random.default_rng(0)
     x = {b: rng.normal(size=(2, *shape)).astype("float32") for b in ("pre", "post")}
     y = {k: (rng.random((2, *shape[:3], 1)) > 0.7).astype("float32")

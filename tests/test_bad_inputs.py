@@ -20,9 +20,10 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from utils.cohort import imagecheck, manifest
+from tests.dicom_series import write_dicom_series
+from utils.cohort import imagecheck, imageerrors, manifest
 from utils.io import checksum, sha256_file
-from utils.preprocessing import cache
+from utils.preprocessing import cli
 
 from .test_manifest import edit, messages
 
@@ -121,28 +122,6 @@ def _set(patient: str, column: str, value: object) -> Callable[[pd.DataFrame], N
 
 def _rename(old: str, new: str) -> Callable[[pd.DataFrame], None]:
     return lambda t: t.replace({"patient_id": {old: new}}, inplace=True)
-
-
-def write_dicom_series(folder: Path, volume: sitk.Image, series_uid: str = "1.2.826.0.1.1",
-                       skip: tuple[int, ...] = (), prefix: str = "") -> Path:
-    """Write ``volume`` as one DICOM file per slice (MR, with position and orientation)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    d = volume.GetDirection()
-    orientation = "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
-    for z in set(range(volume.GetDepth())) - set(skip):
-        slice_image = volume[:, :, z]
-        position = volume.TransformIndexToPhysicalPoint((0, 0, z))
-        tags = {"0008|0060": "MR", "0020|000d": "1.2.826.0.1", "0020|000e": series_uid,
-                "0008|0018": f"{series_uid}.{z + 1}", "0020|0013": str(z + 1),
-                "0020|0032": "\\".join(f"{v:.6f}" for v in position),
-                "0020|0037": orientation, "0018|0050": f"{volume.GetSpacing()[2]:g}"}
-        for tag, value in tags.items():
-            slice_image.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"{prefix}{z:03d}.dcm"))
-        writer.Execute(slice_image)
-    return folder
 
 
 def _dicom(patient: str, stem: str, fill: Callable[[Path, sitk.Image], None]) -> Damage:
@@ -348,8 +327,8 @@ def test_bad_input_is_named_and_nothing_is_written(cohort_copy, tmp_path, capsys
     assert named, f"{kind}: no problem names {patient!r}, {name!r} and {words}: {found}"
 
     before, out = _tree(cohort_copy.parent), tmp_path / "out"
-    code = cache.main(["--manifest", str(cohort_copy), "--out", str(out),
-                       "--profile", "smoke", "--workers", "1", "--no-progress"])
+    code = cli.main(["--manifest", str(cohort_copy), "--out", str(out),
+                     "--profile", "smoke", "--workers", "1", "--no-progress"])
     assert code != 0
     assert not out.exists() or not any(out.iterdir())
     assert _tree(cohort_copy.parent) == before
@@ -412,7 +391,7 @@ def test_folder_checksum_is_the_documented_one(tmp_path):
     ("ITK ERROR: MattesMutualInformation: Joint PDF summed to zero", "no overlapping intensities"),
 ])
 def test_itk_errors_are_translated_keeping_the_original(itk_text, plain):
-    text = imagecheck.plain_itk_error(RuntimeError(itk_text))
+    text = imageerrors.plain_itk_error(RuntimeError(itk_text))
     assert text.startswith(plain) and "(ITK: " in text and "Exception thrown" not in text
 
 
@@ -420,10 +399,10 @@ def test_voxel_limit_is_configurable(tmp_path, monkeypatch):
     path = tmp_path / "small.nrrd"
     sitk.WriteImage(sitk.Image([10, 10, 10], sitk.sitkInt16) + 1, str(path))
     assert manifest.read_image(path).GetSize() == (10, 10, 10)
-    with pytest.raises(imagecheck.ImageFileError, match="1,000 voxels, more than the limit"):
+    with pytest.raises(imageerrors.ImageFileError, match="1,000 voxels, more than the limit"):
         manifest.read_image(path, max_voxels=999)
     monkeypatch.setenv(imagecheck.MAX_VOXELS_ENV, "999")
-    with pytest.raises(imagecheck.ImageFileError, match=imagecheck.MAX_VOXELS_ENV):
+    with pytest.raises(imageerrors.ImageFileError, match=imagecheck.MAX_VOXELS_ENV):
         manifest.read_image(path)
 
 
@@ -436,5 +415,5 @@ def test_short_data_is_refused_in_every_format(tmp_path, name, compress, data_fi
     assert imagecheck.inspect_file(tmp_path / name).size == (40, 30, 20)
     victim = tmp_path / data_file
     victim.write_bytes(victim.read_bytes()[:-64])
-    with pytest.raises(imagecheck.ImageFileError, match="truncated"):
+    with pytest.raises(imageerrors.ImageFileError, match="truncated"):
         manifest.read_image(tmp_path / name)

@@ -1,4 +1,5 @@
-"""Tests of utils.preprocessing.cache: verified entries, atomic writes, the parallel run and the CLI, on a
+"""Tests of the preprocessing cache (utils.preprocessing.cache: verified entries, atomic
+writes), its parallel run (utils.preprocessing.run) and CLI (utils.preprocessing.cli), on a
 two-patient cohort of test_preprocess's analytic phantom."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tests.test_preprocess import PARAMS, PROFILE, Exam, make_exam
 from utils.cohort.manifest import ManifestError
 from utils.config import ROOT, SEQUENCES
 from utils.io import sha256_file
-from utils.preprocessing import cache
+from utils.preprocessing import cache, cli, run
 
 
 def write_cohort(folder: Path, n: int = 2) -> Path:
@@ -71,8 +72,8 @@ def _mtimes(folder: Path) -> dict[str, int]:
 
 
 def _run(manifest: Path, out: Path, params=PARAMS, workers=1) -> pd.DataFrame:
-    return cache.run_preprocessing(manifest, out, PROFILE, workers=workers, params=params,
-                                   progress=False)
+    return run.run_preprocessing(manifest, out, PROFILE, workers=workers, params=params,
+                                 progress=False)
 
 
 def test_cache_cold_warm_and_parameter_change(cohort_dir, cold_cache, tmp_path):
@@ -176,10 +177,10 @@ def test_cli_passes_its_arguments(monkeypatch, tmp_path):
                     spacing=params.spacing_zyx, roi=params.roi_zyx)
         return pd.DataFrame({"status": ["ok"]})
 
-    monkeypatch.setattr(cache, "run_preprocessing", fake)
-    code = cache.main(["--manifest", "m.csv", "--out", str(tmp_path), "--profile", "smoke",
-                    "--workers", "3", "--no-progress", "--spacing", "4,2,2",
-                    "--roi", "80,81,80mm"])
+    monkeypatch.setattr(cli, "run_preprocessing", fake)
+    code = cli.main(["--manifest", "m.csv", "--out", str(tmp_path), "--profile", "smoke",
+                     "--workers", "3", "--no-progress", "--spacing", "4,2,2",
+                     "--roi", "80,81,80mm"])
     assert code == 0
     assert seen == {"manifest": Path("m.csv"), "out": tmp_path, "profile": "smoke", "workers": 3,
                     "spacing": (4.0, 2.0, 2.0), "roi": (20, 41, 40)}
@@ -197,14 +198,16 @@ def test_geometry_options_enter_the_cache_key_and_thin_volumes_are_warned(cohort
     assert meta["params"]["roi_zyx"] == [48, 24, 24] and meta["warnings"]
 
 
-def test_the_preprocess_module_still_runs_the_cli():
-    """``python -m utils.preprocess`` (README, notebook 01) is utils.preprocessing.cache's CLI."""
-    done = subprocess.run([sys.executable, "-m", "utils.preprocessing.pipeline", "--help"], cwd=ROOT,
+@pytest.mark.parametrize("module", ["utils.preprocessing", "utils.preprocess"])
+def test_the_preprocess_modules_run_the_cli(module):
+    """``python -m utils.preprocessing`` and the old ``utils.preprocess`` (README, notebook 01)
+    run utils.preprocessing.cli."""
+    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "--manifest" in done.stdout and "--registration" in done.stdout
 
 
 def test_roi_in_millimetres_rounds_up_to_whole_voxels():
-    assert cache.roi_voxels("16,40,40", (4.0, 2.0, 2.0)) == (16, 40, 40)
-    assert cache.roi_voxels("80x81x80mm", (4.0, 2.0, 2.0)) == (20, 41, 40)
+    assert cli.roi_voxels("16,40,40", (4.0, 2.0, 2.0)) == (16, 40, 40)
+    assert cli.roi_voxels("80x81x80mm", (4.0, 2.0, 2.0)) == (20, 41, 40)

@@ -59,14 +59,20 @@ def _sha(*arrays: np.ndarray) -> str:
 def smoke_run(tiny_cohort: Path, root: Path) -> dict[str, object]:
     """Preprocess, train ``full`` (2 epochs x 2 steps) and predict; the fingerprint."""
     from utils import config
-    from utils.preprocessing.cache import load_cached, run_preprocessing
-    from utils.training import train as tr
+    from utils.inference.batch import predict_runs
+    from utils.preprocessing.cache import load_cached
+    from utils.preprocessing.run import run_preprocessing
+    from utils.training.config import TrainConfig
+    from utils.training.patients import prepare_data
+    from utils.training.runner import train_all
 
     profile = tiny_profile()
     paths = config.Paths(tiny_cohort, root / "cache", root / "run", root / "run" / "results")
     run_preprocessing(tiny_cohort, paths.cache_dir, profile, workers=2, progress=False)
-    predictions = tr.train_all(profile, ("full",), tr.TrainConfig(epochs=2, steps_per_epoch=2),
-                               paths, seeds=1, progress=False)
+    data = prepare_data(profile, paths)
+    runs = train_all(profile, ("full",), TrainConfig(epochs=2, steps_per_epoch=2), paths,
+                     seeds=1, progress=False, data=data)
+    predictions = predict_runs(paths, runs["run"], data)
     cache = {file.stem: _sha(*(load_cached(file)[name] for name in ARRAYS))
              for file in sorted(paths.cache_dir.glob("*.npz"))}
     import keras

@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from tests.dicom_series import write_dicom_series
 from utils import config
-from utils.cohort import manifest
+from utils.cohort import manifest, validate
 
 
 def messages(path: Path) -> list[str]:
-    return [str(p) for p in manifest.validate_manifest(path, workers=1)]
+    return [str(p) for p in validate.validate_manifest(path, workers=1)]
 
 
 def edit(path: Path, change) -> None:
@@ -28,13 +29,13 @@ def edit(path: Path, change) -> None:
 
 def test_the_tiny_cohort_is_valid(tiny_cohort):
     assert messages(tiny_cohort) == []
-    table = manifest.require_valid(tiny_cohort)
+    table = validate.require_valid(tiny_cohort)
     assert list(table.columns[:len(manifest.COLUMNS)]) == list(manifest.COLUMNS)
     assert table["patient_id"].nunique() == 6
 
 
 def test_committed_manifest_has_the_schema_and_design():
-    assert manifest.validate_manifest(config.ROOT / "data_manifest.csv", check_files=False) == []
+    assert validate.validate_manifest(config.ROOT / "data_manifest.csv", check_files=False) == []
 
 
 def test_deleted_file_is_named(cohort_copy):
@@ -136,7 +137,7 @@ def test_checksum_mismatch_is_named(cohort_copy):
 
 def test_cli_exits_non_zero_and_prints_every_problem(cohort_copy):
     (cohort_copy.parent / "TR001" / "pre_DWI.nii.gz").unlink()
-    result = subprocess.run([sys.executable, "-m", "utils.cohort.manifest", "check", str(cohort_copy)],
+    result = subprocess.run([sys.executable, "-m", "utils.manifest", "check", str(cohort_copy)],
                             capture_output=True, text=True, cwd=config.ROOT)
     assert result.returncode == 1
     assert "TR001" in result.stdout and "1 problem(s)" in result.stdout
@@ -156,20 +157,7 @@ def test_read_image_reads_a_dicom_series_with_its_geometry(tmp_path):
     volume = sitk.GetImageFromArray(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6))
     volume.SetSpacing((0.8, 0.8, 3.0))
     volume.SetOrigin((10.0, -5.0, 2.0))
-    folder = tmp_path / "series"
-    folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for z in range(volume.GetDepth()):
-        slice_image = volume[:, :, z]
-        origin = volume.TransformIndexToPhysicalPoint((0, 0, z))
-        for tag, value in {"0008|0060": "MR", "0020|000e": "1.2.3.4", "0020|000d": "1.2.3",
-                           "0020|0013": str(z + 1), "0010|0010": "DOE^JANE",
-                           "0020|0032": "\\".join(map(str, origin)),
-                           "0020|0037": "1\\0\\0\\0\\1\\0", "0018|0050": "3.0"}.items():
-            slice_image.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"{z:03d}.dcm"))
-        writer.Execute(slice_image)
+    folder = write_dicom_series(tmp_path / "series", volume)  # with patient identifiers
     image = manifest.read_image(folder)
     assert image.GetSize() == (6, 5, 4)
     assert image.GetSpacing() == pytest.approx((0.8, 0.8, 3.0))

@@ -1,11 +1,11 @@
 """Multi-worker training, really run: two worker processes on this machine.
 
 ``TF_CONFIG`` names two loopback ports (127.0.0.1 only); each worker runs the same script,
-which creates ``MultiWorkerMirroredStrategy`` first (``utils.training.train.setup_device``) and then
-trains the smoke model through ``utils.training.train.fit_variant`` (two epochs of two steps, the
-readout refit) into its own run folder. Both must finish within a bounded time, report two
-replicas in sync, write their checkpoints and end with identical weights (gradients, batch-norm
-statistics and the readout are all shared).
+which creates ``MultiWorkerMirroredStrategy`` first (``utils.training.distribute.setup_device``)
+and then trains the smoke model through ``utils.training.fit.fit_variant`` (two epochs of two
+steps, the readout refit) into its own run folder. Both must finish within a bounded time,
+report two replicas in sync, write their checkpoints and end with identical weights
+(gradients, batch-norm statistics and the readout are all shared).
 """
 
 from __future__ import annotations
@@ -31,14 +31,15 @@ _WORKER = """
     import json, sys
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
-    from utils.training import train as tr
-    device = tr.setup_device()  # first: the strategy configures TensorFlow at start-up
-    from synthetic import CFG, paths_under, tiny_profile
-    from utils.training.dataset import prepare_data
+    from utils.training.distribute import setup_device
+    from utils.training.fit import fit_variant
+    device = setup_device()  # first: the strategy configures TensorFlow at start-up
+    from synthetic import CFG, PROFILE, paths_under
+    from utils.training.patients import prepare_data
     root, index = Path(sys.argv[2]), int(sys.argv[3])
     paths = paths_under(root, f"worker{index}")
-    result = tr.fit_variant("full", prepare_data(tiny_profile(), paths), tiny_profile(),
-                            CFG, paths, resume=False)
+    result = fit_variant("full", prepare_data(PROFILE, paths), PROFILE,
+                         CFG, paths, resume=False)
     print(json.dumps({"replicas": device.replicas, "model": str(result.model_path),
                       "epochs": result.epochs_run}))
 """

@@ -1,4 +1,5 @@
-"""Tests of utils.inference.predict: masks back in each exam's original space, end-to-end prediction, CLI."""
+"""Tests of utils.inference.predict: masks back in each exam's original space, end-to-end
+prediction, the input checks it shares with manifest validation, CLI."""
 
 from __future__ import annotations
 
@@ -12,20 +13,19 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from tests.conftest import tiny_profile
 from utils import config
+from utils.cohort import filecheck
+from utils.cohort.imageerrors import ImageFileError
 from utils.cohort.manifest import exam_files, load_manifest, read_image
 from utils.inference import predict as pr
-from utils.preprocessing.cache import load_cached, run_preprocessing
+from utils.preprocessing.cache import load_cached
 from utils.preprocessing.pipeline import roi_to_original
-from utils.training import train as tr
-from utils.training.dataset import processed_ok
+from utils.preprocessing.run import run_preprocessing
+from utils.training.config import TrainConfig
 from utils.training.modelcard import read_model_card, score_from_card
-
-
-def tiny_profile() -> config.Profile:
-    """conftest's six-patient profile (3 training, 1 internal, 2 external)."""
-    return config.with_overrides(config.get_profile("smoke"), n_training=3, n_internal=1,
-                                 n_external=2)
+from utils.training.patients import processed_ok
+from utils.training.runner import train_all
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def trained(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory
     paths = config.Paths(tiny_cohort, root / "cache", root / "run", root / "run" / "results")
     table = run_preprocessing(tiny_cohort, paths.cache_dir, prof, workers=2, progress=False)
     assert (table["status"] == "ok").sum() >= 4, table[["patient_id", "error"]]
-    tr.train_all(prof, ("full",), tr.TrainConfig(epochs=1, steps_per_epoch=1), paths,
-                 progress=False)
+    train_all(prof, ("full",), TrainConfig(epochs=1, steps_per_epoch=1), paths,
+              progress=False)
     return prof, paths
 
 
@@ -130,13 +130,88 @@ def test_cli_writes_nifti_masks_and_json(tiny_cohort, trained, tmp_path):
     mask = sitk.ReadImage(str(tmp_path / "out" / "mask_pre.nii.gz"))
     assert _same_grid(mask, read_image(exams["pre"]["T2W"]))
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
+    assert not list((tmp_path / "out").glob("*.dcm"))  # NIfTI inputs: no DICOM-SEG
+
+
+def _centre_arg(truth: sitk.Image) -> str:
+    index = np.argwhere(sitk.GetArrayViewFromImage(truth) > 0).mean(axis=0)[::-1]
+    centre = truth.TransformContinuousIndexToPhysicalPoint([float(v) for v in index])
+    return ",".join(f"{v:.3f}" for v in centre)
+
+
+def test_dicom_inputs_give_dicom_seg_masks_equal_to_the_nifti_ones(tiny_cohort, trained,
+                                                                    tmp_path):
+    import highdicom as hd
+
+    from tests.dicom_series import write_dicom_series
+    from utils.inference import dicomseg
+
+    _, paths = trained
+    pid = _ok_patients(paths)[0]
+    exams = _exam(tiny_cohort, pid)
+    folders = {}
+    for tp, uid in (("pre", "1.2.826.0.1.11"), ("post", "1.2.826.0.1.12")):
+        image = sitk.Cast(read_image(exams[tp]["T2W"]), sitk.sitkInt16)  # MR pixels
+        folders[tp] = write_dicom_series(tmp_path / f"{tp}_T2W", image, series_uid=uid)
+    args = [f"--{tp}=T2W={folders[tp]}" for tp in ("pre", "post")]
+    args += [f"--{tp}={s}={exams[tp][s]}" for tp in ("pre", "post") for s in config.SEQUENCES
+             if s != "T2W"]
+    out = tmp_path / "out"
+    assert pr.main([*args, "--model", str(paths.models_dir / "full.keras"), "--out", str(out),
+                    "--center", _centre_arg(read_image(exams["pre"]["mask"])),
+                    "--profile", "smoke"]) == 0
+    for tp in ("pre", "post"):
+        nifti = sitk.ReadImage(str(out / f"mask_{tp}.nii.gz"))
+        source = read_image(folders[tp])
+        assert _same_grid(nifti, source)
+        seg_file = out / f"mask_{tp}.dcm"
+        np.testing.assert_array_equal(dicomseg.read_segmentation(seg_file, source),
+                                      sitk.GetArrayFromImage(nifti))
+        seg = hd.seg.segread(seg_file)
+        referenced = {uid[2] for uid in seg.get_source_image_uids()}
+        assert referenced == {str(ds.SOPInstanceUID)
+                              for ds in dicomseg.series_datasets(folders[tp])}
+
+
+def test_nan_voxels_in_a_nifti_input_are_refused_naming_the_file(tiny_cohort, trained, tmp_path,
+                                                                 capsys):
+    """ITK reads NaN in NIfTI as 0; prediction refuses the file, as manifest validation does
+    (one checker: utils.cohort.filecheck), before anything is preprocessed or written."""
+    _, paths = trained
+    exams = _exam(tiny_cohort, _ok_patients(paths)[0])
+    pixels = sitk.GetArrayFromImage(read_image(exams["post"]["DWI"])).astype(np.float32)
+    assert not np.isnan(pixels).any()
+    pixels[pixels.shape[0] // 2, :3, :3] = np.nan
+    image = sitk.GetImageFromArray(pixels)
+    image.CopyInformation(read_image(exams["post"]["DWI"]))
+    bad = tmp_path / "post_DWI_nan.nii.gz"
+    sitk.WriteImage(image, str(bad), True)
+    assert not np.isnan(sitk.GetArrayViewFromImage(sitk.ReadImage(str(bad)))).any()  # ITK: 0
+    _, manifest_problems = filecheck.check_file(str(bad), "")
+    assert manifest_problems == ["9 NaN or infinite voxel(s)"]
+
+    files = {tp: dict(exams[tp]) for tp in ("pre", "post")}
+    files["post"]["DWI"] = str(bad)
+    model = paths.models_dir / "full.keras"
+    with pytest.raises(ImageFileError, match=f"post DWI: {bad}: 9 NaN or infinite voxel"):
+        pr.predict_patient({s: files["pre"][s] for s in config.SEQUENCES},
+                           {s: files["post"][s] for s in config.SEQUENCES}, model,
+                           roi_center_mm=(0.0, 0.0, 0.0))
+    args = [f"--{tp}={s}={files[tp][s]}" for tp in ("pre", "post") for s in config.SEQUENCES]
+    code = pr.main([*args, "--model", str(model), "--out", str(tmp_path / "out"),
+                    "--center", "0,0,0"])
+    assert code == 1 and not (tmp_path / "out").exists()
+    error = capsys.readouterr().err
+    assert str(bad) in error and "NaN or infinite voxel" in error
 
 
 def test_inference_modules_import_neither_keras_nor_training():
-    """utils.inference.predict, the model card, batch inference and the evaluation's scoring load
-    without Keras and without utils.training.train (a fresh process: this one has both)."""
-    code = ("import sys, utils.inference.predict, utils.training.modelcard, utils.inference.batch, utils.evaluation.scoring; "
-            "print(sorted(m for m in ('keras', 'utils.training.train', 'utils.training.dataset') if m in sys.modules))")
+    """utils.inference.predict, the model card, batch inference and the evaluation's score table
+    load without Keras and without the training modules (a fresh process: this one has both)."""
+    code = ("import sys, utils.inference.predict, utils.training.modelcard, utils.inference.batch, "
+            "utils.evaluation.predictions, utils.evaluation.scoretable; "
+            "print(sorted(m for m in ('keras', 'utils.training.fit', 'utils.training.runner', "
+            "'utils.training.dataset', 'utils.training.patients') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=config.ROOT, capture_output=True,
                           text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"

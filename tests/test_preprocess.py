@@ -1,4 +1,4 @@
-"""Tests of the per-pair pipeline (utils.preprocessing.pipeline, utils.preprocessing.intensity, utils.preprocessing.roi) on small
+"""Tests of the per-pair pipeline (utils.preprocessing.pipeline, .intensity, .roi) on small
 analytic pelvis phantoms (fast, self-contained). The cache and batch run: test_cache.py."""
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from utils.config import SEQUENCES, get_profile, with_overrides
 from utils.errors import RegistrationError, RoiError
 from utils.geometry import image_from_geometry, resample, resample_mask
 from utils.preprocessing import pipeline as pp
-from utils.preprocessing import registration
+from utils.preprocessing import registration, registration_qc
 from utils.preprocessing.intensity import n4_correct, normalise
+from utils.preprocessing.params import PreprocessedPair, PreprocessParams
 from utils.preprocessing.roi import crop_padded, tumour_box
 
 # Target grid and ROI of the tests: coarser than any profile, so each pair takes < 1 s.
 PROFILE = with_overrides(get_profile("smoke"), name="test", spacing_zyx=(4.0, 3.0, 3.0),
                          roi_zyx=(12, 24, 24))
-PARAMS = pp.PreprocessParams.from_profile(PROFILE)
+PARAMS = PreprocessParams.from_profile(PROFILE)
 T2W_GRID = {"spacing": (2.5, 2.5, 4.0), "size": (80, 80, 20)}
 DWI_GRID = {"spacing": (5.0, 5.0, 5.0), "size": (40, 40, 16)}
 # relative signal (T2W, DWI) and label of each tissue, painted in this order
@@ -149,7 +150,7 @@ def exams():
 
 
 @pytest.fixture(scope="module")
-def pair(exams) -> pp.PreprocessedPair:
+def pair(exams) -> PreprocessedPair:
     (pre, pre_mask, _), (post, post_mask, _) = exams["pre"], exams["post"]
     return pp.preprocess_pair(pre, post, pre_mask, post_mask, PARAMS, patient_id="P-reg")
 
@@ -200,13 +201,13 @@ def test_failed_registration_is_an_error_naming_the_patient(exams):
 
 def test_flagged_registration_is_retried_with_the_fallback(exams, monkeypatch):
     (pre, pre_mask, _), (post, post_mask, _) = exams["pre"], exams["post"]
-    real, calls = registration.registration_flags, []
+    real, calls = registration_qc.registration_flags, []
 
     def flag_first(qc, params):
         calls.append(1)
         return ["made-up failure"] if len(calls) == 1 else real(qc, params)
 
-    monkeypatch.setattr(registration, "registration_flags", flag_first)
+    monkeypatch.setattr(registration_qc, "registration_flags", flag_first)
     out = pp.preprocess_pair(pre, post, pre_mask, post_mask, PARAMS, patient_id="P-retry")
     reg = out.meta["registration"]
     assert reg["attempt"] == 2 and reg["earlier_flags"] == ["made-up failure"]
@@ -216,11 +217,11 @@ def test_flagged_registration_is_retried_with_the_fallback(exams, monkeypatch):
 def test_registration_flags_without_raising_when_asked():
     qc = {"metric_before": -0.5, "metric_after": -0.4, "dice_before": 0.9, "dice_after": 0.5,
           "translation_mm": 40.0, "rotation_deg": 25.0}
-    flags = registration.registration_flags(qc, PARAMS)
+    flags = registration_qc.registration_flags(qc, PARAMS)
     assert len(flags) == 4
-    assert registration.registration_flags({**qc, "metric_after": -0.8, "dice_after": 0.95,
-                                            "translation_mm": 5.0, "rotation_deg": 3.0},
-                                           PARAMS) == []
+    assert registration_qc.registration_flags({**qc, "metric_after": -0.8, "dice_after": 0.95,
+                                               "translation_mm": 5.0, "rotation_deg": 3.0},
+                                              PARAMS) == []
 
 
 # ---------------------------------------------------------------- N4
@@ -247,7 +248,7 @@ def test_n4_lowers_cv_of_a_homogeneous_region():
 
 
 # ---------------------------------------------------------------- normalisation
-def _roi_labels(labels: sitk.Image, pair: pp.PreprocessedPair) -> np.ndarray:
+def _roi_labels(labels: sitk.Image, pair: PreprocessedPair) -> np.ndarray:
     ref = image_from_geometry(pair.meta["reference"])
     array = sitk.GetArrayFromImage(resample(labels, ref, None, sitk.sitkNearestNeighbor,
                                             sitk.sitkUInt8))

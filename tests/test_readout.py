@@ -1,4 +1,5 @@
-"""Tests of utils.training.readout (cross-validated logistic readout) and utils.evaluation.baseline."""
+"""Tests of utils.training.readout (cross-validated logistic readout), utils.training.split's
+folds and utils.evaluation.baseline."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from utils.evaluation import baseline as bl
+from utils.evaluation.labels import HANDCRAFTED_PRED
 from utils.training import readout as ro
+from utils.training.split import make_folds
 
 
 def _patients(n: int = 60, seed: int = 0) -> pd.DataFrame:
@@ -21,16 +24,16 @@ def _patients(n: int = 60, seed: int = 0) -> pd.DataFrame:
 
 def test_folds_are_stratified_and_independent_of_row_order():
     patients = _patients()
-    folds = ro.make_folds(patients, k=5, seed=1)
-    shuffled = ro.make_folds(patients.sample(frac=1, random_state=3), k=5, seed=1)
+    folds = make_folds(patients, k=5, seed=1)
+    shuffled = make_folds(patients.sample(frac=1, random_state=3), k=5, seed=1)
     pd.testing.assert_frame_equal(folds, shuffled)
     merged = folds.merge(patients, on="patient_id")
     per_fold = merged.groupby("fold")["pcr"].agg(["size", "sum"])
     assert per_fold["size"].max() - per_fold["size"].min() <= 1
     assert per_fold["sum"].max() - per_fold["sum"].min() <= 1
-    assert not folds.equals(ro.make_folds(patients, k=5, seed=2))
+    assert not folds.equals(make_folds(patients, k=5, seed=2))
     with pytest.raises(ValueError, match="k >= 2"):
-        ro.make_folds(patients, k=1)
+        make_folds(patients, k=1)
 
 
 def test_raw_space_coefficients_match_a_standardised_sklearn_pipeline():
@@ -100,13 +103,13 @@ def test_handcrafted_model_is_fitted_on_training_rows_only():
                           "centre": "A", "pcr": (rng.random(n) < 0.4).astype(int),
                           **{f: rng.normal(size=n) for f in bl.FEATURES}})
     table["post_dwi_mean"] -= 2 * table["pcr"]
-    folds = ro.make_folds(table[table["cohort"] == "training"], k=5)
-    rows, coef = bl.handcrafted_scores(table, folds, bl.HANDCRAFTED_PRED)
+    folds = make_folds(table[table["cohort"] == "training"], k=5)
+    rows, coef = bl.handcrafted_scores(table, folds, HANDCRAFTED_PRED)
     corrupted = table.copy()
     validation = corrupted["cohort"] != "training"
     corrupted.loc[validation, "pcr"] = 1 - corrupted.loc[validation, "pcr"]
     corrupted.loc[validation, list(bl.FEATURES)] *= 10
-    other_rows, other_coef = bl.handcrafted_scores(corrupted, folds, bl.HANDCRAFTED_PRED)
+    other_rows, other_coef = bl.handcrafted_scores(corrupted, folds, HANDCRAFTED_PRED)
     pd.testing.assert_frame_equal(coef, other_coef)
     training = rows["cohort"] == "training"
     np.testing.assert_allclose(rows.loc[training, "score"], other_rows.loc[training, "score"])

@@ -1,5 +1,5 @@
-"""Tests of utils.preprocessing.registration on the analytic phantom of test_preprocess and on smoke-profile
-phantom patients (utils.cohort.generate, rendered in memory)."""
+"""Tests of utils.preprocessing.registration on the analytic phantom of test_preprocess and on
+smoke-profile phantom patients (utils.cohort.generate, rendered in memory)."""
 
 from __future__ import annotations
 
@@ -16,26 +16,27 @@ from tests.test_preprocess import PARAMS, PRE, Exam, make_exam, true_transform_p
 from utils.cohort import phantom
 from utils.config import get_profile
 from utils.errors import RegistrationError
-from utils.preprocessing import cache
+from utils.preprocessing import cli, registration_qc
 from utils.preprocessing import pipeline as pp
 from utils.preprocessing import registration as rg
+from utils.preprocessing.params import PreprocessedPair, PreprocessParams
 
 SMOKE = get_profile("smoke")
-SMOKE_PARAMS = pp.PreprocessParams.from_profile(SMOKE)
+SMOKE_PARAMS = PreprocessParams.from_profile(SMOKE)
 MOVED = Exam(angles_deg=(4.0, -3.0, 5.0), shift_mm=(7.0, -5.0, 4.0), seed=8)  # ~10 mm, 7 deg
 APART = Exam(shift_mm=(300.0, 0.0, 0.0), fov_offset_mm=(300.0, 0.0, 0.0), seed=9)
 MOTION = (np.array([4.0, -3.0, 5.0]), np.array([7.0, -5.0, 4.0]))  # degrees, mm
 
 
-def run(pre: Exam, post: Exam, params: pp.PreprocessParams = PARAMS, patient_id: str = "P",
-        **kwargs) -> pp.PreprocessedPair:
+def run(pre: Exam, post: Exam, params: PreprocessParams = PARAMS, patient_id: str = "P",
+        **kwargs) -> PreprocessedPair:
     """Preprocess two exams of the analytic phantom."""
     (pre_img, pre_mask, _), (post_img, post_mask, _) = make_exam(pre), make_exam(post)
     return pp.preprocess_pair(pre_img, post_img, pre_mask, post_mask, params,
                               patient_id=patient_id, **kwargs)
 
 
-def analytic_error(pair: pp.PreprocessedPair, pre: Exam, post: Exam) -> float:
+def analytic_error(pair: PreprocessedPair, pre: Exam, post: Exam) -> float:
     """Error (mm) of the transform at the analytic phantom's tumour centre."""
     point = pre.to_scanner(analytic.TUMOUR_CENTRE)
     return float(np.linalg.norm(np.array(pair.transform.TransformPoint(tuple(map(float, point))))
@@ -66,7 +67,7 @@ def moved_copy(draw: phantom.PatientDraw) -> phantom.PatientDraw:
         **draw.poses, "pre": (r @ rotation, r @ translation + MOTION[1])})
 
 
-def smoke_error(pair: pp.PreprocessedPair, draw: phantom.PatientDraw) -> np.ndarray:
+def smoke_error(pair: PreprocessedPair, draw: phantom.PatientDraw) -> np.ndarray:
     """Error (x, y, z mm) of the transform at the tumour centre for :data:`MOTION`."""
     rotation, translation = draw.poses["pre"]
     centre = rotation @ draw.anatomy.tumour_centre + translation
@@ -75,7 +76,7 @@ def smoke_error(pair: pp.PreprocessedPair, draw: phantom.PatientDraw) -> np.ndar
 
 
 @pytest.fixture(scope="module")
-def moved() -> tuple[pp.PreprocessedPair, phantom.PatientDraw]:
+def moved() -> tuple[PreprocessedPair, phantom.PatientDraw]:
     draw = smoke_draw("TR001")
     (pre, pre_mask), (post, post_mask) = smoke_exam(draw), smoke_exam(moved_copy(draw))
     return pp.preprocess_pair(pre, post, pre_mask, post_mask, SMOKE_PARAMS,
@@ -164,7 +165,7 @@ def test_itk_exceptions_become_plain_errors(monkeypatch):
 
 # ---------------------------------------------------------------- local check and modes
 @pytest.fixture(scope="module")
-def wrong_patient() -> pp.PreprocessedPair:
+def wrong_patient() -> PreprocessedPair:
     """TR001's pre exam with TR002's post exam, in mode "flag"."""
     (pre, pre_mask), (post, post_mask) = (smoke_exam(smoke_draw("TR001")),
                                           smoke_exam(smoke_draw("TR002"), "post"))
@@ -183,7 +184,8 @@ def test_another_patients_post_exam_is_flagged_by_the_local_check(wrong_patient)
 def test_mode_flag_records_the_flags_without_raising(wrong_patient):
     reg = wrong_patient.meta["registration"]
     assert reg["mode"] == "flag" and reg["status"] == "failed" and reg["attempt"] == 2
-    assert reg["earlier_flags"] and rg.registration_flags(reg, SMOKE_PARAMS) == reg["flags"]
+    assert reg["earlier_flags"]
+    assert registration_qc.registration_flags(reg, SMOKE_PARAMS) == reg["flags"]
     json.dumps(wrong_patient.meta, allow_nan=False)  # plain JSON: no NaN or infinity
 
 
@@ -236,12 +238,12 @@ def test_preprocessing_cli_passes_the_registration_mode(monkeypatch, tmp_path):
         seen["mode"] = params.registration
         return pd.DataFrame({"status": ["ok"]})
 
-    monkeypatch.setattr(cache, "run_preprocessing", fake)
-    assert cache.main(["--manifest", "m.csv", "--out", str(tmp_path), "--profile", "smoke",
+    monkeypatch.setattr(cli, "run_preprocessing", fake)
+    assert cli.main(["--manifest", "m.csv", "--out", str(tmp_path), "--profile", "smoke",
                        "--registration", "flag", "--no-progress"]) == 0
     assert seen == {"mode": "flag"}
     with pytest.raises(SystemExit):
-        cache.main(["--registration", "sometimes"])
+        cli.main(["--registration", "sometimes"])
 
 
 def test_prediction_cli_passes_the_registration_mode(monkeypatch, tmp_path):

@@ -1,4 +1,5 @@
-"""Tests of utils.evaluation.report: README's results table from metrics.json, and its command line."""
+"""Tests of utils.evaluation.report: README's results table from metrics.json, and its command
+line."""
 
 from __future__ import annotations
 

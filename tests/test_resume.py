@@ -1,4 +1,4 @@
-"""Determinism and resume of utils.training.train.fit_variant, in fresh processes and from bad files.
+"""Determinism and resume of utils.training.fit.fit_variant, in fresh processes and from bad files.
 
 A run of 4 epochs x 3 shuffled, augmented batches is trained in three fresh processes: two
 uninterrupted, one killed (``os._exit``, no clean-up) in the middle of epoch 3 and then
@@ -20,11 +20,14 @@ import keras
 import numpy as np
 import pytest
 
-from tests.synthetic import paths_under, tiny_profile
+from tests.synthetic import PROFILE, paths_under
 from utils import config
-from utils.training import train as tr
-from utils.training.dataset import RPNetDataset, TrainData, prepare_data
+from utils.training.config import TrainConfig, run_seed
+from utils.training.curves import read_log
+from utils.training.dataset import RPNetDataset
+from utils.training.fit import FitResult, fit_variant
 from utils.training.modelcard import read_model_card
+from utils.training.patients import TrainData, prepare_data
 
 TESTS = Path(__file__).resolve().parent
 # monitor_mode "max" on a falling loss: every epoch after the first is a plateau, so the
@@ -33,16 +36,18 @@ TESTS = Path(__file__).resolve().parent
 LONG = {"epochs": 4, "steps_per_epoch": 3, "pcr_fraction": 0.5, "plateau_patience": 2,
         "early_stopping_patience": 5, "monitor_mode": "max"}
 KILL_AT = [2, 1]  # 0-based epoch and batch: after two committed epochs, mid-epoch
-SHORT = tr.TrainConfig(epochs=3, steps_per_epoch=2, plateau_patience=1, readout=False)
+SHORT = TrainConfig(epochs=3, steps_per_epoch=2, plateau_patience=1, readout=False)
 
 _RUN = """
     import json, os, sys
     from pathlib import Path
     import keras
     sys.path.insert(0, sys.argv[1])
-    from synthetic import paths_under, tiny_profile
-    from utils.training import train as tr
-    from utils.training.dataset import prepare_data
+    from synthetic import PROFILE, paths_under
+    from utils.training.config import TrainConfig, run_seed
+    from utils.training.curves import read_log
+    from utils.training.fit import FitResult, fit_variant
+    from utils.training.patients import prepare_data
     paths = paths_under(Path(sys.argv[2]), sys.argv[3])
     kill = json.loads(sys.argv[5])
 
@@ -54,9 +59,9 @@ _RUN = """
             if [self.epoch, batch] == kill:
                 os._exit(17)  # as a kill: no clean-up, no flush
 
-    result = tr.fit_variant("full", prepare_data(tiny_profile(), paths), tiny_profile(),
-                            tr.TrainConfig(**json.loads(sys.argv[4])), paths,
-                            callbacks=[Kill()] if kill else ())
+    result = fit_variant("full", prepare_data(PROFILE, paths), PROFILE,
+                         TrainConfig(**json.loads(sys.argv[4])), paths,
+                         callbacks=[Kill()] if kill else ())
     print(json.dumps({"epochs_run": result.epochs_run, "interrupted": result.interrupted}))
 """
 
@@ -100,9 +105,9 @@ def fresh(cohort: Path) -> dict:
 
 
 def test_the_test_run_has_several_shuffled_batches_per_epoch(cohort: Path):
-    data = prepare_data(tiny_profile(), paths_under(cohort, "probe"))
+    data = prepare_data(PROFILE, paths_under(cohort, "probe"))
     ds = RPNetDataset(data.arrays, data.ids("fit"), "full", 4, training=True,
-                      seed=tr._run_seed(tiny_profile()), pcr_fraction=0.5,
+                      seed=run_seed(PROFILE), pcr_fraction=0.5,
                       steps_per_epoch=LONG["steps_per_epoch"])
     orders = [ds.epoch_order(e) for e in range(1, LONG["epochs"] + 1)]
     assert len(ds) == 3 and all(len(o) == 12 for o in orders)
@@ -118,7 +123,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(cohort: Path, fresh: di
     for path in ("checkpoints/full/epoch_004.keras", "models/full.keras"):
         _assert_same_weights(a.run_dir / path, resumed.run_dir / path)
     assert a.log_csv("full").read_text() == resumed.log_csv("full").read_text()
-    log = tr.read_log(a.log_csv("full"))
+    log = read_log(a.log_csv("full"))
     assert list(log["epoch"]) == [0, 1, 2, 3] and log["val_loss"].is_monotonic_decreasing
     lr = log["learning_rate"].to_numpy()
     assert lr[0] == lr[1] == lr[2] == 2 * lr[3]  # halved after epoch 3, past the kill
@@ -137,15 +142,15 @@ def test_two_fresh_processes_give_identical_weights(cohort: Path, fresh: dict):
 def stopped(cohort: Path) -> tuple[TrainData, Path]:
     """A 3-epoch run stopped after 2 epochs (commits 1 and 2), and its clean resume."""
     paths = paths_under(cohort, "stopped")
-    data = prepare_data(tiny_profile(), paths)
-    first = tr.fit_variant("full", data, tiny_profile(), SHORT, paths, stop_after=2)
+    data = prepare_data(PROFILE, paths)
+    first = fit_variant("full", data, PROFILE, SHORT, paths, stop_after=2)
     assert first.interrupted and first.epochs_run == 2
     clean = _copy(cohort, "stopped", "clean")
     with open(clean.log_csv("full"), "a") as handle:  # logged, never committed
         handle.write("2" + ",0.5" * 15 + "\n")
-    again = tr.fit_variant("full", data, tiny_profile(), SHORT, clean)
+    again = fit_variant("full", data, PROFILE, SHORT, clean)
     assert again.epochs_run == 1 and not again.interrupted
-    assert list(tr.read_log(clean.log_csv("full"))["epoch"]) == [0, 1, 2]
+    assert list(read_log(clean.log_csv("full"))["epoch"]) == [0, 1, 2]
     return data, clean.checkpoints_dir / "full" / "epoch_003.keras"
 
 
@@ -155,14 +160,14 @@ def _copy(cohort: Path, source: str, target: str) -> config.Paths:
 
 
 def _resume_case(cohort: Path, stopped: tuple, name: str, damage: dict[str, bytes]
-                 ) -> tuple[tr.FitResult, list[str], Path]:
+                 ) -> tuple[FitResult, list[str], Path]:
     data, reference = stopped
     paths = _copy(cohort, "stopped", name)
     folder = paths.checkpoints_dir / "full"
     for file, content in damage.items():
         (folder / file).write_bytes(content)
     with pytest.warns(RuntimeWarning) as caught:
-        result = tr.fit_variant("full", data, tiny_profile(), SHORT, paths)
+        result = fit_variant("full", data, PROFILE, SHORT, paths)
     _assert_same_weights(reference, folder / "epoch_003.keras")
     return result, [str(w.message) for w in caught], folder
 

@@ -1,4 +1,5 @@
-"""Tests of utils.evaluation.segmetrics against known geometry and an independent SciPy computation."""
+"""Tests of utils.evaluation.segmetrics against known geometry and an independent SciPy
+computation."""
 
 from __future__ import annotations
 

@@ -17,10 +17,13 @@ import SimpleITK as sitk
 from tests.conftest import tiny_profile
 from utils import config
 from utils.cohort import manifest as mf
+from utils.cohort.validate import validate_manifest
 from utils.inference import predict as pr
-from utils.preprocessing.cache import load_cached, run_preprocessing
-from utils.training import train as tr
+from utils.preprocessing.cache import load_cached
+from utils.preprocessing.run import run_preprocessing
+from utils.training.config import TrainConfig
 from utils.training.modelcard import read_model_card
+from utils.training.runner import train_all
 
 
 def _copy_cohort(tiny_cohort: Path, target: Path) -> Path:
@@ -59,13 +62,13 @@ def cohort(request, tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory
     root = tmp_path_factory.mktemp(request.param)
     manifest = {"t2w_only": t2w_only, "with_adc": with_adc}[request.param](
         tiny_cohort, root / "cohort")
-    assert mf.validate_manifest(manifest, workers=1) == []
+    assert validate_manifest(manifest, workers=1) == []
     paths = config.Paths(manifest, root / "cache", root / "run", root / "run" / "results")
     table = run_preprocessing(manifest, paths.cache_dir, tiny_profile(), workers=2,
                               progress=False)
     assert (table["status"] == "ok").sum() >= 4, table[["patient_id", "error"]]
-    tr.train_all(tiny_profile(), ("full",), tr.TrainConfig(epochs=1, steps_per_epoch=1), paths,
-                 progress=False)
+    train_all(tiny_profile(), ("full",), TrainConfig(epochs=1, steps_per_epoch=1), paths,
+              progress=False)
     return request.param, manifest, paths
 
 
@@ -124,7 +127,7 @@ def test_an_exam_lacking_one_sequence_is_named(tiny_cohort, tmp_path):
     drop = (table["patient_id"] == "TR002") & (table["timepoint"] == "post") & (
         table["sequence"] == "ADC")
     table[~drop].to_csv(manifest, index=False)
-    found = [str(p) for p in mf.validate_manifest(manifest, check_files=False)]
+    found = [str(p) for p in validate_manifest(manifest, check_files=False)]
     assert any("patient TR002" in m and "post exam" in m and "lacks ['ADC']" in m
                for m in found), found
 
@@ -135,14 +138,14 @@ def test_sequence_names_must_be_safe(tiny_cohort, tmp_path, bad):
     table = pd.read_csv(manifest, dtype={"patient_id": str})
     table.loc[table["sequence"] == "DWI", "sequence"] = bad
     table.to_csv(manifest, index=False)
-    found = [str(p) for p in mf.validate_manifest(manifest, check_files=False)]
+    found = [str(p) for p in validate_manifest(manifest, check_files=False)]
     assert any("is not a name made of letters" in m and "row 2" in m for m in found), found
 
 
 def test_the_reference_sequence_must_be_present(tiny_cohort, tmp_path):
     manifest = _copy_cohort(tiny_cohort, tmp_path / "cohort")
-    found = [str(p) for p in mf.validate_manifest(manifest, check_files=False,
-                                                  reference="ADC")]
+    found = [str(p) for p in validate_manifest(manifest, check_files=False,
+                                               reference="ADC")]
     assert any("reference sequence 'ADC' is not among" in m for m in found), found
     assert mf.cohort_sequences(pd.read_csv(manifest)) == ("T2W", "DWI")
     with pytest.raises(ValueError, match="'ADC' is not in"):

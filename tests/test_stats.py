@@ -1,4 +1,5 @@
-"""Tests of utils.evaluation.stats against published pROC values (aSAH data) and hand-computed answers."""
+"""Tests of the statistics (utils.evaluation.stats, rates, curves, integrated) against published
+pROC values (aSAH data) and hand-computed answers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from scipy import optimize, stats
 
 import utils.config
 from utils import measures
+from utils.evaluation import checks, curves, rates
+from utils.evaluation import integrated as ig
 from utils.evaluation import stats as st
 
 REFERENCE_DIR = Path(utils.config.ROOT).parent / "shared" / "reference"
@@ -175,16 +178,16 @@ def _threshold_toy() -> tuple[np.ndarray, np.ndarray]:
 
 def test_choose_threshold_known_answers():
     y, score = _threshold_toy()
-    assert st.choose_threshold(y, score, "closest_topleft") == 82
-    assert st.choose_threshold(y, score, "youden") == 87
-    result = st.binary_performance(y, score, 82)
+    assert rates.choose_threshold(y, score, "closest_topleft") == 82
+    assert rates.choose_threshold(y, score, "youden") == 87
+    result = rates.binary_performance(y, score, 82)
     assert (result["sensitivity"], result["specificity"]) == (0.85, 0.8)
 
 
 def test_binary_performance_counts_and_wilson_ci():
     y = np.r_[np.ones(10, int), np.zeros(5, int)]
     score = np.r_[np.full(8, 0.9), np.full(2, 0.1), np.full(4, 0.2), 0.95]
-    result = st.binary_performance(y, score, threshold=0.5)
+    result = rates.binary_performance(y, score, threshold=0.5)
     assert {k: result[k] for k in ("tp", "fn", "fp", "tn")} == {"tp": 8, "fn": 2, "fp": 1,
                                                                  "tn": 4}
     assert result["sensitivity"] == 0.8
@@ -200,35 +203,35 @@ def test_binary_performance_counts_and_wilson_ci():
 
 def test_binary_performance_zero_over_zero_is_nan():
     y, score = np.array([1, 0, 1, 0]), np.array([0.1, 0.2, 0.3, 0.4])
-    result = st.binary_performance(y, score, threshold=0.9)
+    result = rates.binary_performance(y, score, threshold=0.9)
     assert np.isnan(result["ppv"]) and np.isnan(result["ppv_low"])
     assert result["sensitivity"] == 0 and result["specificity"] == 1 and result["npv"] == 0.5
 
 
 def test_net_benefit_hand_computed():
     y, prob = np.array([1, 1, 0, 0, 0]), np.array([0.9, 0.4, 0.6, 0.2, 0.1])
-    table = st.net_benefit(y, prob, [0.3, 0.5])
+    table = curves.net_benefit(y, prob, [0.3, 0.5])
     assert list(table.columns) == ["threshold", "model", "treat_all", "treat_none"]
     # pt = 0.3: TP 2, FP 1; pt = 0.5: TP 1, FP 1; treat all: TP 2, FP 3
     np.testing.assert_allclose(table["model"], [2 / 5 - 1 / 5 * 3 / 7, 1 / 5 - 1 / 5])
     np.testing.assert_allclose(table["treat_all"], [2 / 5 - 3 / 5 * 3 / 7, 2 / 5 - 3 / 5])
     np.testing.assert_array_equal(table["treat_none"], 0)
     with pytest.raises(ValueError, match="thresholds"):
-        st.net_benefit(y, prob, [1.0])
+        curves.net_benefit(y, prob, [1.0])
 
 
 def test_pr_curve_and_roc_points():
     y, score = np.array([1, 0, 1]), np.array([0.9, 0.8, 0.7])
-    result = st.pr_curve(y, score)
+    result = curves.pr_curve(y, score)
     assert result["average_precision"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
-    points = st.roc_curve_points(y, score)
+    points = curves.roc_curve_points(y, score)
     np.testing.assert_allclose(points["tpr"], [0, 0.5, 0.5, 1])
     np.testing.assert_allclose(points["fpr"], [0, 0, 1, 1])
 
 
 def test_calibration_hand_computed():
     y, prob = np.array([0, 1, 1, 0, 1]), np.array([0.1, 0.15, 0.8, 0.9, 0.95])
-    result = st.calibration(y, prob, n_bins=2)
+    result = curves.calibration(y, prob, n_bins=2)
     np.testing.assert_allclose(result["prob_pred"], [0.125, (0.8 + 0.9 + 0.95) / 3])
     np.testing.assert_allclose(result["prob_true"], [0.5, 2 / 3])
     brier = np.mean((prob - y) ** 2)
@@ -250,7 +253,7 @@ def _marker_frame(seed: int = 4, n: int = 120) -> pd.DataFrame:
 
 def test_integrated_model_matches_direct_penalised_likelihood():
     frame, features = _marker_frame(), ["score", "cea"]
-    pipeline = st.fit_integrated_model(frame, features, log_columns=["cea"], C=2.0)
+    pipeline = ig.fit_integrated_model(frame, features, log_columns=["cea"], C=2.0)
     x = frame[features].to_numpy()
     medians = np.nanmedian(x, axis=0)
     np.testing.assert_allclose(pipeline.named_steps["impute"].statistics_, medians)
@@ -264,7 +267,7 @@ def test_integrated_model_matches_direct_penalised_likelihood():
         return 2.0 * np.sum(np.logaddexp(0, eta) - y * eta) + 0.5 * params[1:] @ params[1:]
 
     reference = optimize.minimize(objective, np.zeros(3), method="BFGS", tol=1e-10).x
-    table = st.coefficient_table(pipeline, features)
+    table = ig.coefficient_table(pipeline, features)
     np.testing.assert_allclose(table["coefficient"], reference[1:], atol=1e-5)
     assert pipeline.named_steps["logistic"].intercept_[0] == pytest.approx(reference[0],
                                                                            abs=1e-5)
@@ -280,7 +283,7 @@ def test_integrated_model_refuses_negative_markers():
     frame = _marker_frame()
     frame.loc[0, "cea"] = -2.0
     with pytest.raises(ValueError, match="1 negative values"):
-        st.fit_integrated_model(frame, ["score", "cea"], log_columns=["cea"])
+        ig.fit_integrated_model(frame, ["score", "cea"], log_columns=["cea"])
 
 
 # ----------------------------------------------------------------------------- validation
@@ -292,7 +295,7 @@ def test_integrated_model_refuses_negative_markers():
     ([0, 2, 1], [0.1, 0.2, 0.3], r"binary 0/1, found values \[0, 1, 2\]"),
 ])
 def test_invalid_inputs_raise_clear_errors(y, score, message):
-    for function in (st.roc_auc, st.delong_ci, st.bootstrap_auc_ci, st.choose_threshold):
+    for function in (st.roc_auc, st.delong_ci, st.bootstrap_auc_ci, rates.choose_threshold):
         with pytest.raises(ValueError, match=message):
             function(y, score)
 
@@ -302,9 +305,9 @@ def test_invalid_options_raise():
     with pytest.raises(ValueError, match="alternative"):
         st.delong_paired_test(y, score, score, alternative="bigger")
     with pytest.raises(ValueError, match="method"):
-        st.choose_threshold(y, score, method="best")
+        rates.choose_threshold(y, score, method="best")
     with pytest.raises(ValueError, match=r"prob must lie in \[0, 1\]"):
-        st.calibration(y, score * 10)
+        curves.calibration(y, score * 10)
     for a, b in itertools.permutations([score, score[:3]]):
         with pytest.raises(ValueError, match="lengths differ"):
             st.delong_paired_test(y, a, b)
@@ -345,6 +348,7 @@ def test_logit_and_sigmoid_are_inverse_and_clipped():
 
 def test_auc_or_nan_needs_both_classes():
     assert measures.auc_or_nan([0, 1, 1], [0.2, 0.4, 0.3]) == 1.0
-    assert np.isnan(measures.auc_or_nan([1, 1], [0.2, 0.4])) and np.isnan(measures.auc_or_nan([], []))
-    assert st.undefined_reason([1, 1]) == "one class only (0 non-pCR, 2 pCR)"
-    assert st.undefined_reason([]) == "no patients" and st.undefined_reason([0, 1]) == ""
+    assert np.isnan(measures.auc_or_nan([1, 1], [0.2, 0.4]))
+    assert np.isnan(measures.auc_or_nan([], []))
+    assert checks.undefined_reason([1, 1]) == "one class only (0 non-pCR, 2 pCR)"
+    assert checks.undefined_reason([]) == "no patients" and checks.undefined_reason([0, 1]) == ""

@@ -1,4 +1,5 @@
-"""Tests of utils.training.train: determinism, resume, run outputs, model card, predictions, figures."""
+"""Tests of training (utils.training.fit, runner, callbacks, curves) and batch inference:
+determinism, resume, run outputs, model card, predictions, figures."""
 
 from __future__ import annotations
 
@@ -13,24 +14,28 @@ import pytest
 from tests.synthetic import (
     CFG,
     COHORT_SIZES,
+    PROFILE,
     ROI,
     SPACING,
     paths_under,
-    tiny_profile,
 )
 from utils.inference import batch as inf
 from utils.model.rpnet import build_rpnet
-from utils.training import train as tr
-from utils.training.dataset import TrainData, prepare_data
+from utils.training.callbacks import cosine_learning_rate, schedule_callbacks
+from utils.training.config import TrainConfig
+from utils.training.curves import plot_training_curves
 from utils.training.distribute import device_summary
+from utils.training.fit import fit_variant
 from utils.training.modelcard import read_model_card
+from utils.training.patients import TrainData, prepare_data
+from utils.training.runner import RUN_COLUMNS, train_all
 
 
 @pytest.fixture(scope="module")
 def runs(cohort: Path, data: TrainData) -> dict[str, object]:
     """One uninterrupted 2-epoch run (determinism and resume: test_resume.py)."""
-    return {"run_a": tr.fit_variant("full", data, tiny_profile(), CFG,
-                                    paths_under(cohort, "run_a"), resume=False)}
+    return {"run_a": fit_variant("full", data, PROFILE, CFG,
+                                 paths_under(cohort, "run_a"), resume=False)}
 
 
 # --------------------------------------------------------------------------- leakage
@@ -38,7 +43,7 @@ def test_fit_refuses_a_split_that_leaks(cohort: Path, data: TrainData, tmp_path:
     leaky = TrainData(data.patients.copy(), data.arrays, {})
     leaky.patients.loc[leaky.patients["cohort"] == "internal_validation", "subset"] = "tune"
     with pytest.raises(ValueError, match="validation-cohort"):
-        tr.fit_variant("full", leaky, tiny_profile(), CFG, paths_under(tmp_path, "leak"))
+        fit_variant("full", leaky, PROFILE, CFG, paths_under(tmp_path, "leak"))
 
 
 # --------------------------------------------------------------------------- schedules
@@ -56,21 +61,21 @@ def _epoch_ends(callbacks: dict, values: list[float]) -> keras.Model:
 
 
 def test_plateau_halving_early_stopping_and_cosine():
-    cfg = tr.TrainConfig(schedule="plateau", plateau_patience=2, early_stopping_patience=3,
+    cfg = TrainConfig(schedule="plateau", plateau_patience=2, early_stopping_patience=3,
                         learning_rate=1e-3, epochs=10)
-    callbacks = tr.schedule_callbacks(cfg)
+    callbacks = schedule_callbacks(cfg)
     model = _epoch_ends(callbacks, [1.0, 0.9, 0.95, 0.95])  # two epochs without improvement
     assert float(model.optimizer.learning_rate) == pytest.approx(5e-4)
     assert not model.stop_training
     _epoch_ends(callbacks, [1.0, 0.9, 0.95, 0.95, 0.95])  # a third one: stop
     assert callbacks["stopping"].model.stop_training
-    cosine = tr.TrainConfig(schedule="cosine", learning_rate=1e-3, epochs=10)
-    lrs = [tr.cosine_learning_rate(cosine, e) for e in range(10)]
+    cosine = TrainConfig(schedule="cosine", learning_rate=1e-3, epochs=10)
+    lrs = [cosine_learning_rate(cosine, e) for e in range(10)]
     assert lrs[0] == pytest.approx(1e-3) and all(np.diff(lrs) < 0)
-    assert set(tr.schedule_callbacks(cosine)) == {"cosine"}
+    assert set(schedule_callbacks(cosine)) == {"cosine"}
     with pytest.raises(ValueError, match="unknown schedule"):
-        tr.schedule_callbacks(tr.TrainConfig(schedule="step"))
-    assert tr.TrainConfig.authors().optimizer == "sgd"
+        schedule_callbacks(TrainConfig(schedule="step"))
+    assert TrainConfig.authors().optimizer == "sgd"
 
 
 def test_run_outputs_and_model_card(cohort: Path, runs: dict):
@@ -94,17 +99,44 @@ def test_run_outputs_and_model_card(cohort: Path, runs: dict):
     assert np.abs(model.get_layer("pcr").get_weights()[0]).sum() > 0  # the refitted unit
     oof = pd.read_csv(paths.readout_dir / "full.csv", dtype={"patient_id": str})
     assert len(oof) == COHORT_SIZES["training"] and oof["oof_score"].between(0, 1).all()
-    again = tr.fit_variant("full", prepare_data(tiny_profile(), paths), tiny_profile(), CFG,
+    again = fit_variant("full", prepare_data(PROFILE, paths), PROFILE, CFG,
                           paths)
     assert again.skipped
+
+
+def _scalars(folder: Path) -> dict[str, list[float]]:
+    """Every scalar series in a TensorBoard log folder, read back by TensorBoard itself."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    events.Reload()
+    return {tag: [float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
+            for tag in events.Tags()["tensors"]}
+
+
+def test_training_writes_tensorboard_logs_beside_the_csv(cohort: Path, runs: dict):
+    paths = paths_under(cohort, "run_a")
+    log = pd.read_csv(paths.log_csv("full"))
+    train = _scalars(paths.tensorboard_dir("full") / "train")
+    tune = _scalars(paths.tensorboard_dir("full") / "validation")
+    for tag, column in (("epoch_loss", "loss"), ("epoch_learning_rate", "learning_rate"),
+                        ("epoch_mask_pre_dice", "mask_pre_dice")):
+        np.testing.assert_allclose(train[tag], log[column], rtol=1e-5, err_msg=tag)
+    for tag in ("epoch_loss", "epoch_pcr_auc", "epoch_mask_pre_dice", "epoch_mask_post_dice"):
+        np.testing.assert_allclose(tune[tag], log[f"val_{tag[6:]}"], rtol=1e-5, err_msg=tag)
 
 
 # --------------------------------------------------------------------------- predictions
 def test_train_all_writes_predictions(cohort: Path, runs: dict, capsys):
     paths = paths_under(cohort, "run_a")
     variants = ("full", "single_task")
-    table = tr.train_all(tiny_profile(), variants, CFG, paths, seeds={"full": 2},
-                         progress=False)
+    data = prepare_data(PROFILE, paths)
+    trained = train_all(PROFILE, variants, CFG, paths, seeds={"full": 2},
+                        progress=False, data=data)
+    assert list(trained["run"]) == ["full", "full_seed1", "single_task"]
+    assert list(trained.columns) == RUN_COLUMNS
+    table = inf.predict_runs(paths, trained["run"], data)
     written = pd.read_csv(paths.predictions_csv, dtype={"patient_id": str})
     assert list(written.columns) == inf.PREDICTION_COLUMNS
     assert len(written) == len(table) == sum(COHORT_SIZES.values()) * 3  # full x 2, single x 1
@@ -144,7 +176,7 @@ def test_prediction_columns_of_a_one_mask_variant(data: TrainData):
 
 def test_plot_training_curves(cohort: Path, runs: dict):
     paths = paths_under(cohort, "run_a")
-    fig = tr.plot_training_curves({"full": paths.log_csv("full")})
+    fig = plot_training_curves({"full": paths.log_csv("full")})
     assert len(fig.axes) == 4  # loss, pCR loss, Dice, AUC
     assert [len(ax.lines) for ax in fig.axes] == [2, 2, 2, 1]  # fit and tune (val_*) curves
 

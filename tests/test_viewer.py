@@ -57,3 +57,29 @@ def test_slider_with_widgets_redraws_on_change(monkeypatch):
     slider.value = 15
     assert drawn[-1] == 15
     plt.close("all")
+
+
+def test_a_live_browser_also_shows_the_static_montage(monkeypatch):
+    pytest.importorskip("ipywidgets")
+    monkeypatch.delenv(viewer.STATIC_ENV, raising=False)
+    displayed = []
+    monkeypatch.setattr("IPython.display.display", displayed.append)
+    viewer.slice_browser(panels())
+    assert [type(d) for d in displayed].count(plt.Figure) == 2  # the slice and the montage
+    montage = displayed[-1]
+    assert len(montage.axes) == len(viewer.montage(panels()).axes)
+    plt.close("all")
+
+
+def test_panels_draw_through_the_one_overlay_helper(monkeypatch):
+    calls = []
+    real = viewer.show_slice
+    monkeypatch.setattr(viewer, "show_slice",
+                        lambda ax, image, contours, *a: calls.append(contours) or real(
+                            ax, image, contours, *a))
+    fig = viewer.montage(panels(), count=4)
+    assert len(calls) == 8
+    (mask, colour), = calls[0]  # pre, z=6: the truth mask's slice, first contour colour
+    assert colour == viewer.CONTOUR_COLOURS[0]
+    np.testing.assert_array_equal(mask, panels()["pre"][1]["truth"][6])
+    plt.close(fig)

@@ -53,7 +53,7 @@ class Profile:
     batch_size: int
     learning_rate: float
     # training replicas (seeds) of the main model and of the ablations that test the paper's
-    # claims (utils.model.rpnet.SEEDED_VARIANTS); other variants are trained once
+    # claims (utils.model.variants.SEEDED_VARIANTS); other variants are trained once
     seeds: int = 3
     # phantom acquisition resolution multiplier (1.0 = clinical-like voxels)
     phantom_resolution: float = 1.0
@@ -130,7 +130,7 @@ class Paths:
     def processed_csv(self) -> Path:
         return processed_csv(self.cache_dir)
 
-    # training runs (utils.training.train, utils.inference.batch)
+    # training runs (utils.training.fit, utils.inference.batch)
     models_dir = property(lambda self: Path(self.run_dir) / "models")
     logs_dir = property(lambda self: Path(self.run_dir) / "logs")
     checkpoints_dir = property(lambda self: Path(self.run_dir) / "checkpoints")
@@ -141,11 +141,19 @@ class Paths:
     def model_file(self, run: str) -> Path:
         return self.models_dir / f"{run}.keras"
 
+    def trained_runs(self) -> list[str]:
+        """Names of the runs with a saved model, sorted."""
+        return sorted(f.stem for f in Path(self.models_dir).glob("*.keras"))
+
     def model_card(self, run: str) -> Path:
         return self.models_dir / f"{run}.json"
 
     def log_csv(self, run: str) -> Path:
         return self.logs_dir / run / "training.csv"
+
+    def tensorboard_dir(self, run: str) -> Path:
+        """TensorBoard event files of a run (``tensorboard --logdir runs/<profile>/logs``)."""
+        return self.logs_dir / run / "tensorboard"
 
     def checkpoint_dir(self, run: str) -> Path:
         return self.checkpoints_dir / run
@@ -160,7 +168,7 @@ class Paths:
         """One run's prediction rows (``predictions.csv`` gathers every run's)."""
         return self.predictions_dir / f"{run}.csv"
 
-    # results (utils.training.train, utils.evaluation.evaluate, utils.evaluation.report)
+    # results (utils.training.patients, utils.inference.batch, utils.evaluation)
     split_csv = property(lambda self: Path(self.results_dir) / "split.csv")
     folds_csv = property(lambda self: Path(self.results_dir) / "folds.csv")
     predictions_csv = property(lambda self: Path(self.results_dir) / "predictions.csv")
@@ -216,3 +224,20 @@ def get_paths(profile: str | Profile | None = None) -> Paths:
                  results_dir=ROOT / "results" if default else run_dir / "results",
                  figures_dir=ROOT / "figures" if default else run_dir / "figures",
                  oracle=oracle, phantom_dir=phantom_dir(name))
+
+
+def paths_with(profile: str | Profile | None = None, manifest: Path | None = None,
+               cache_dir: Path | None = None, run_dir: Path | None = None) -> Paths:
+    """:func:`get_paths` with a command line's folders put in: another ``manifest`` (its
+    ``oracle.csv`` beside it), ``cache_dir``, or ``run_dir`` (with ``results/`` and
+    ``figures/`` inside it)."""
+    changes: dict[str, Path] = {}
+    if manifest is not None:
+        changes.update(manifest=Path(manifest).resolve(),
+                       oracle=Path(manifest).resolve().parent / "oracle.csv")
+    if cache_dir is not None:
+        changes["cache_dir"] = Path(cache_dir).resolve()
+    if run_dir is not None:
+        out = Path(run_dir).resolve()
+        changes.update(run_dir=out, results_dir=out / "results", figures_dir=out / "figures")
+    return replace(get_paths(profile), **changes)

@@ -1,6 +1,9 @@
-"""Errors of per-patient preprocessing (``utils.preprocessing.pipeline``, ``utils.preprocessing.registration``)."""
+"""Errors of per-patient preprocessing (``utils.preprocessing.pipeline`` and
+``utils.preprocessing.registration``), and how a command line reports bad input."""
 
 from __future__ import annotations
+
+import sys
 
 
 class PreprocessError(RuntimeError):
@@ -21,3 +24,10 @@ class RegistrationError(PreprocessError):
 
 class RoiError(PreprocessError):
     """The tumour does not fit in the ROI box, or no ROI centre is available."""
+
+
+def print_problems(problems: list[str]) -> bool:
+    """A command line's input problems on stderr, one per line; True when there were any."""
+    if problems:
+        print("error: " + "\n       ".join(problems), file=sys.stderr)
+    return bool(problems)

@@ -1,10 +1,13 @@
-"""The one figure-saving helper (Agg, fixed dpi, PNG plus PDF, no timestamps)."""
+"""Figures: the one saving helper (Agg, fixed dpi, PNG plus PDF, no timestamps) and the one
+image-with-contour panel (:func:`show_slice`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
     matplotlib.use("Agg")
@@ -30,3 +33,20 @@ def save_figure(fig: plt.Figure, name: str, out_dir: str | Path, pdf: bool = Tru
             fig.savefig(tmp, format=ext, dpi=DPI, metadata=metadata, bbox_inches="tight")
         written.append(target)
     return written
+
+
+def show_slice(ax: plt.Axes, image: np.ndarray, contours: Sequence[tuple[np.ndarray | None, str]]
+               = (), title: str = "", window: tuple[float, float] | None = None,
+               heat: np.ndarray | None = None) -> None:
+    """The image-with-contour panel: a 2-D ``image`` in grey (``window`` = display range),
+    an optional ``heat`` map (jet, 40%) and the 0.5 contour of each ``(mask, colour)`` whose
+    mask has foreground; axes off, small title. Every figure with masks draws through this."""
+    vmin, vmax = window if window is not None else (None, None)
+    ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+    if heat is not None:
+        ax.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1, interpolation="bilinear")
+    for mask, colour in contours:
+        if mask is not None and np.asarray(mask).any():
+            ax.contour(np.asarray(mask) > 0, levels=[0.5], colors=colour, linewidths=0.9)
+    ax.set_title(title, fontsize=8)
+    ax.set_axis_off()

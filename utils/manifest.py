@@ -1,6 +1,7 @@
-"""Old entry point, kept working: ``python -m utils.manifest`` runs :func:`utils.cohort.manifest.main`."""
+"""Old entry point, kept working: ``python -m utils.manifest`` runs
+:func:`utils.cohort.validate.main`."""
 
 if __name__ == "__main__":
-    from utils.cohort.manifest import main
+    from utils.cohort.validate import main
 
     raise SystemExit(main())

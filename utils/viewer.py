@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from utils.config import STATIC_ENV
+from utils.figures import show_slice
 
 CONTOUR_COLOURS = ("tab:red", "tab:cyan", "tab:orange", "tab:green")
 # title -> (volume (z, y, x), {mask label: mask (z, y, x)})
@@ -55,13 +56,10 @@ def masked_slices(panels: Panels, count: int) -> list[int]:
 
 def _draw(ax: plt.Axes, volume: np.ndarray, masks: Mapping[str, np.ndarray], z: int,
           title: str, window: tuple[float, float]) -> None:
-    ax.imshow(volume[z], cmap="gray", vmin=window[0], vmax=window[1])
-    for colour, mask in zip(CONTOUR_COLOURS, masks.values(), strict=False):
-        if mask is not None and np.asarray(mask[z]).any():
-            ax.contour(np.asarray(mask[z]) > 0, levels=[0.5], colors=colour, linewidths=0.9)
-    ax.set_title(title, fontsize=8)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    """Slice ``z`` of ``volume`` with its masks' contours (:func:`utils.figures.show_slice`)."""
+    contours = [(None if mask is None else mask[z], colour)
+                for colour, mask in zip(CONTOUR_COLOURS, masks.values(), strict=False)]
+    show_slice(ax, volume[z], contours, title, window)
 
 
 def _windows(panels: Panels) -> dict[str, tuple[float, float]]:
@@ -92,14 +90,18 @@ def slice_figure(panels: Panels, position: int) -> plt.Figure:
     return fig
 
 
-def montage(panels: Panels, count: int = 5, positions: Sequence[int] | None = None
+MONTAGE_PANEL_IN = 1.7  # panel width in inches: stored montages stay small
+
+
+def montage(panels: Panels, count: int = 4, positions: Sequence[int] | None = None
             ) -> plt.Figure:
     """Static montage: one row per volume, ``count`` slices through the masked region."""
     positions = list(positions) if positions is not None else masked_slices(panels, count)
     n_ref = next(iter(panels.values()))[0].shape[0]
     windows = _windows(panels)
+    size = MONTAGE_PANEL_IN
     fig, axes = plt.subplots(len(panels), len(positions), squeeze=False,
-                             figsize=(2.0 * len(positions), 2.1 * len(panels) + 0.4))
+                             figsize=(size * len(positions), (size + 0.1) * len(panels) + 0.4))
     for row, (title, (volume, masks)) in zip(axes, panels.items(), strict=True):
         for ax, position in zip(row, positions, strict=True):
             z = matching_slice(position, n_ref, volume.shape[0])
@@ -112,7 +114,9 @@ def montage(panels: Panels, count: int = 5, positions: Sequence[int] | None = No
 def slice_browser(panels: Panels, start: int | None = None, interactive: bool | None = None):
     """A z slider over ``panels`` (ipywidgets), or :func:`montage` without widgets.
 
-    Returns the widget (display it as a cell's last expression) or the montage figure.
+    Returns the widget (display it as a cell's last expression) or the montage figure. With
+    the widget, the static montage is displayed too, as a plain image output: a notebook saved
+    from a live session keeps it (the widget's own output is not stored with its state).
     """
     interactive = widgets_available() if interactive is None else interactive
     if not interactive:
@@ -137,4 +141,7 @@ def slice_browser(panels: Panels, start: int | None = None, interactive: bool | 
 
     slider.observe(lambda change: show(change["new"]), names="value")
     show(slider.value)
+    still = montage(panels)
+    display(still)
+    plt.close(still)
     return widgets.VBox([slider, output])

@@ -11,21 +11,21 @@ import SimpleITK as sitk
 
 from utils.cohort.manifest import cohort_sequences, exam_files, patient_table, read_image
 from utils.config import COHORTS, REFERENCE_SEQUENCE, TIMEPOINTS
-from utils.measures import auc_or_nan, largest_slice, volume_reduction
+from utils.figures import show_slice
+from utils.measures import auc_or_nan, largest_slice, volume_ml, volume_reduction
 
 
 def mask_volumes(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Ground-truth tumour volume (mL) of each patient's pre and post exam: foreground voxels
-    (non-zero, whatever the label value, e.g. {0, 1} or {0, 255}) x voxel volume."""
+    """Ground-truth tumour volume (mL) of each patient's pre and post exam
+    (:func:`utils.measures.volume_ml`: foreground voxels, non-zero whatever the label value,
+    e.g. {0, 1} or {0, 255}, x voxel volume) and the volume-reduction score
+    (:func:`utils.measures.volume_reduction`, the evaluation's own rule, floor included)."""
     rows = []
     for patient_id in manifest["patient_id"].unique():
         exams = exam_files(manifest, patient_id)
         row = {"patient_id": patient_id}
         for timepoint in TIMEPOINTS:
-            mask = read_image(exams[timepoint]["mask"])
-            voxel_ml = float(np.prod(mask.GetSpacing())) / 1000.0
-            foreground = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))  # any label value
-            row[f"vol_{timepoint}_ml"] = foreground * voxel_ml
+            row[f"vol_{timepoint}_ml"] = volume_ml(read_image(exams[timepoint]["mask"]))
         rows.append(row)
     table = pd.DataFrame(rows)
     table["volume_reduction"] = volume_reduction(table["vol_pre_ml"], table["vol_post_ml"])
@@ -79,19 +79,16 @@ def _slice_at(image: sitk.Image, reference: sitk.Image, z_index: int) -> np.ndar
     return sitk.GetArrayFromImage(resampled)[z_index]
 
 
-def _show_exam_slice(ax: plt.Axes, exam: dict[str, str], sequence: str,
+def _show_exam_slice(ax: plt.Axes, exam: dict[str, str], sequence: str, title: str = "",
                      reference: str = REFERENCE_SEQUENCE) -> None:
     """One exam's ``sequence`` through the tumour's largest slice on the reference grid,
-    with the mask contour."""
+    with the mask contour (:func:`utils.figures.show_slice`)."""
     t2w = read_image(exam[reference])
     mask = sitk.GetArrayFromImage(read_image(exam["mask"]))
     z_index = largest_slice(mask)
     pixels = _slice_at(read_image(exam[sequence]), t2w, z_index)
-    ax.imshow(pixels, cmap="gray", vmin=0, vmax=np.percentile(pixels, 99.5))
-    if mask[z_index].any():
-        ax.contour(mask[z_index], levels=[0.5], colors="tab:red", linewidths=0.8)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    show_slice(ax, pixels, [(mask[z_index], "tab:red")], title,
+               window=(0.0, float(np.percentile(pixels, 99.5))))
 
 
 def plot_example_exams(manifest: pd.DataFrame, examples: pd.DataFrame) -> plt.Figure:
@@ -99,14 +96,15 @@ def plot_example_exams(manifest: pd.DataFrame, examples: pd.DataFrame) -> plt.Fi
     columns = [(tp, seq) for tp in TIMEPOINTS for seq in cohort_sequences(manifest)]
     fig, axes = plt.subplots(len(examples), len(columns),
                              figsize=(2.1 * len(columns), 2.1 * len(examples)), squeeze=False)
-    for row_axes, (_, patient) in zip(axes, examples.iterrows(), strict=True):
+    for index, (row_axes, (_, patient)) in enumerate(zip(axes, examples.iterrows(),
+                                                         strict=True)):
         exams = exam_files(manifest, patient["patient_id"])
         for ax, (timepoint, sequence) in zip(row_axes, columns, strict=True):
-            _show_exam_slice(ax, exams[timepoint], sequence)
-        row_axes[0].set_ylabel(f"{patient['patient_id']} ({patient['centre']})\n"
-                               f"{'pCR' if patient['pcr'] else 'non-pCR'}")
-    for ax, (timepoint, sequence) in zip(axes[0], columns, strict=True):
-        ax.set_title(f"{timepoint} {sequence}")
+            title = f"{timepoint} {sequence}" if index == 0 else ""
+            _show_exam_slice(ax, exams[timepoint], sequence, title)
+        row_axes[0].text(-0.08, 0.5, f"{patient['patient_id']} ({patient['centre']})\n"
+                         f"{'pCR' if patient['pcr'] else 'non-pCR'}",
+                         transform=row_axes[0].transAxes, rotation=90, va="center", ha="right")
     fig.tight_layout()
     return fig
 

@@ -1,20 +1,31 @@
-"""Checks of one manifest file: existence, checksum, header, voxel values, mask labels.
+"""Checks of a manifest's files: existence, checksum, header, voxel values, mask labels,
+each image/mask pair's grid and each exam's field of view; and scans listed twice.
 
-Each check returns plain messages; :func:`utils.cohort.manifest.check_patient_files` adds the row,
-patient and file. The header checks themselves (voxel limit, truncated data, DICOM slice
-spacing) are :mod:`utils.cohort.imagecheck`'s.
+One file: :func:`check_file` returns plain messages, :func:`read_checked` reads a file
+after the same checks or raises (the prediction path). One patient:
+:func:`check_patient_files` locates each message at its row, patient and file;
+:func:`check_all_files` runs the patients on a process pool. The header checks themselves
+(voxel limit, truncated data, DICOM slice spacing) are :mod:`utils.cohort.imagecheck`'s.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
 
-from utils.cohort import imagecheck
-from utils.geometry import format_values
+from utils.cohort import dicom, imagecheck
+from utils.cohort.imageerrors import ImageFileError, plain_itk_error
+from utils.cohort.manifest import Problem, cell_text
+from utils.config import REFERENCE_SEQUENCE
+from utils.geometry import format_values, sequences_outside_reference
 from utils.io import checksum
+from utils.parallel import map_processes
 
 GEOMETRY_TOLERANCE = 1e-3  # relative, for spacing, origin (mm) and direction cosines
 
@@ -25,7 +36,8 @@ def check_file(file: str, expected_sha: str, mask: bool = False
 
     Returns the image (None when it cannot be used) and the problems found. An empty
     ``file`` (an empty path cell, reported by the table checks) gives ``(None, [])``;
-    an empty ``expected_sha`` skips the checksum.
+    an empty ``expected_sha`` skips the checksum. A mask's labels are
+    :func:`mask_problems`'.
     """
     if not file:
         return None, []
@@ -35,18 +47,33 @@ def check_file(file: str, expected_sha: str, mask: bool = False
     if expected_sha and checksum(path) != expected_sha:
         return None, ["sha256 does not match the manifest (file changed or corrupt)"]
     try:
-        image, nonfinite = _read_checked(path)
+        image, nonfinite = _read_with_checks(path)
     except Exception as error:
-        return None, [str(error) if isinstance(error, imagecheck.ImageFileError)
-                      else f"unreadable image: {imagecheck.plain_itk_error(error)}"]
+        return None, [str(error) if isinstance(error, ImageFileError)
+                      else f"unreadable image: {plain_itk_error(error)}"]
     return image, _voxel_problems(image, nonfinite, mask)
 
 
-def _read_checked(path: Path) -> tuple[sitk.Image, int]:
+def read_checked(file: str | os.PathLike, mask: bool = False) -> sitk.Image:
+    """One image (or mask) read after manifest validation's checks of a file, less the
+    checksum: :func:`check_file`, and a mask's labels (an empty mask is allowed here).
+
+    Raises :class:`~utils.cohort.imageerrors.ImageFileError` naming the file and every
+    problem (e.g. NaN voxels of a NIfTI file, which ITK's reader turns into zeros).
+    """
+    image, problems = check_file(str(file), "", mask=mask)
+    if image is not None and mask:
+        problems += mask_problems(image, empty_ok=True)
+    if image is None or problems:
+        raise ImageFileError(f"{file}: {'; '.join(problems) or 'no file given'}")
+    return image
+
+
+def _read_with_checks(path: Path) -> tuple[sitk.Image, int]:
     """An image file or DICOM folder read after every header check, and its NaN/inf count
-    from the raw NIfTI data; raises :class:`~utils.cohort.imagecheck.ImageFileError`."""
+    from the raw NIfTI data; raises :class:`~utils.cohort.imageerrors.ImageFileError`."""
     if path.is_dir():
-        image, nonfinite = imagecheck.strip_metadata(imagecheck.read_dicom_series(path)), 0
+        image, nonfinite = imagecheck.strip_metadata(dicom.read_dicom_series(path)), 0
     else:
         info = imagecheck.inspect_file(path, count_nonfinite=True)
         imagecheck.require_scalar_volume(info.dimension, info.size, info.components)
@@ -67,12 +94,13 @@ def _voxel_problems(image: sitk.Image, nonfinite: int, mask: bool) -> list[str]:
     return [problem] if problem else []
 
 
-def mask_problems(mask: sitk.Image) -> list[str]:
-    """Labels 0 and 1, or 0 and 255 (both read as tumour where > 0), and not empty."""
+def mask_problems(mask: sitk.Image, empty_ok: bool = False) -> list[str]:
+    """Labels 0 and 1, or 0 and 255 (both read as tumour where > 0), and not empty
+    (unless ``empty_ok``)."""
     pixels = sitk.GetArrayViewFromImage(mask)
     if problem := imagecheck.mask_problem(pixels):
         return [problem]
-    if not np.any(pixels > 0):
+    if not empty_ok and not np.any(pixels > 0):
         return ["mask is empty (no tumour voxel)"]
     return []
 
@@ -88,3 +116,95 @@ def geometry_problems(image: sitk.Image, mask: sitk.Image) -> list[str]:
     return [f"mask {name} {format_values(found)} differs from the reference image's "
             f"{format_values(expected)}" for name, (expected, found, tol) in checks.items()
             if not np.allclose(expected, found, rtol=tol, atol=tol)]
+
+
+# ---------------------------------------------------------------- a manifest's files
+
+
+def check_all_files(manifest: pd.DataFrame, workers: int | None = None,
+                    reference: str = REFERENCE_SEQUENCE) -> list[Problem]:
+    """File checks (existence, checksum, readability, geometry), one patient per task."""
+    groups = [rows for _, rows in manifest.groupby("patient_id", sort=False)]
+    check = partial(check_patient_files, reference=reference)
+    results = map_processes(check, groups, workers, chunksize=4)
+    return [p for result in results for p in result] + duplicate_images(manifest)
+
+
+def duplicate_images(manifest: pd.DataFrame) -> list[Problem]:
+    """One scan listed twice: rows whose images have the same sha256 or the same path.
+
+    Across patients, one patient's scan would sit in two cohorts (validation data leaking
+    into training); within a patient, one file stands for two sequences or time points.
+    Each repeat is reported on its own row, naming the first listing.
+    """
+    seen: dict[str, int] = {}
+    problems = []
+    for position, (sha, file) in enumerate(zip(manifest["image_sha256"],
+                                               manifest["image_file"], strict=True)):
+        keys = [k for k in (cell_text(sha), os.path.realpath(file) if file else "") if k]
+        earlier = next((seen[k] for k in keys if k in seen), None)
+        for key in keys:
+            seen.setdefault(key, position)
+        if earlier is not None:
+            problems += _duplicate(manifest, earlier, position)
+    return problems
+
+
+def _duplicate(manifest: pd.DataFrame, earlier: int, position: int) -> list[Problem]:
+    first, row = manifest.iloc[earlier], manifest.iloc[position]
+    if all(first[c] == row[c] for c in ("patient_id", "timepoint", "sequence")):
+        return []  # a duplicate row, reported by check_design
+    listed = (f"{first['timepoint']} {first['sequence']} image {first['image_path']} "
+              f"(row {int(manifest.index[earlier]) + 1})")
+    if first["patient_id"] == row["patient_id"]:
+        message = (f"same image (identical sha256) as this patient's {listed}: one file "
+                   "listed under two sequences or time points")
+    else:
+        message = (f"same image (identical sha256) as patient {first['patient_id']}'s "
+                   f"{listed}: one scan under two patients ({first['cohort']} and "
+                   f"{row['cohort']}) leaks data between cohorts")
+    return [Problem(message, row=int(manifest.index[position]) + 1,
+                    patient_id=cell_text(row["patient_id"]), file=str(row["image_file"]))]
+
+
+def check_patient_files(rows: pd.DataFrame, reference: str = REFERENCE_SEQUENCE
+                        ) -> list[Problem]:
+    """Every file of one patient, each image/mask pair's geometry and each exam's overlap."""
+    problems: list[Problem] = []
+    masks: dict[str, tuple[int, sitk.Image | None]] = {}
+    exams: dict[str, dict[str, tuple[sitk.Image, dict]]] = {}
+    for i, row in rows.iterrows():
+        where = {"row": int(i) + 1, "patient_id": cell_text(row["patient_id"])}
+        image, found = check_file(row["image_file"], cell_text(row["image_sha256"]))
+        problems += _located(found, row["image_file"], where)
+        if image is not None:
+            exams.setdefault(cell_text(row["timepoint"]), {})[cell_text(row["sequence"])] = (
+                image, {**where, "file": row["image_file"]})
+        if row["mask_file"] not in masks:
+            mask, found = check_file(row["mask_file"], cell_text(row["mask_sha256"]),
+                                     mask=True)
+            found += mask_problems(mask) if mask else []
+            problems += _located(found, row["mask_file"], where)
+            masks[row["mask_file"]] = (int(i) + 1, mask)
+        mask = masks[row["mask_file"]][1]
+        if row["sequence"] == reference and image is not None and mask is not None:
+            problems += _located(geometry_problems(image, mask), row["mask_file"], where)
+    for timepoint, exam in exams.items():
+        problems += _check_overlap(exam, reference, timepoint)
+    return problems
+
+
+def _check_overlap(exam: dict[str, tuple[sitk.Image, dict]], reference: str, timepoint: str
+                   ) -> list[Problem]:
+    """Sequences whose field of view misses the reference's (an all-background channel)."""
+    if reference not in exam:
+        return []
+    apart = sequences_outside_reference({k: v[0] for k, v in exam.items()}, reference)
+    return [Problem(f"{timepoint} {name} does not overlap the {reference} field of view in "
+                    "physical space (origin or orientation in its header?)", **exam[name][1])
+            for name in sorted(apart)]
+
+
+def _located(messages: Iterable[str], file: str, where: dict) -> list[Problem]:
+    """Problems of one file, located at its row and patient."""
+    return [Problem(message, file=file, **where) for message in messages]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +25,8 @@ import SimpleITK as sitk
 from utils.cohort.phantom import CENTRES, COHORT_PREFIX, acquire, draw_patient
 from utils.config import COHORTS, ROOT, Profile, as_profile, get_profile
 from utils.io import sha256_file, write_atomic
+from utils.parallel import map_processes
+from utils.progress import progress_bar
 
 # ---------------------------------------------------------------- cohort files
 
@@ -137,24 +138,14 @@ def _check_bit_stable(manifest: pd.DataFrame, manifest_path: Path) -> None:
 
 
 def _run_parallel(jobs: list[tuple], workers: int | None, progress: bool) -> list[dict]:
-    from utils.progress import progress_bar
-
+    """The manifest rows of every job, in job order (patients on ``workers`` processes)."""
     if not jobs:
         return []
-    workers = workers or os.cpu_count() or 1
     bar = progress_bar(len(jobs), "phantom patients", enabled=progress)
-    rows: list[dict] = []
-    if workers == 1:
-        for job in jobs:
-            rows += _generate_one(job)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            for result in pool.map(_generate_one, jobs, chunksize=2):
-                rows += result
-                bar.update()
+    results = map_processes(_generate_one, jobs, workers, chunksize=2,
+                            on_result=lambda _: bar.update())
     bar.close()
-    return rows
+    return [row for result in results for row in result]
 
 
 def _patient_verified(patient_id: str, out_dir: Path, manifest_path: Path) -> bool:
@@ -218,4 +209,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

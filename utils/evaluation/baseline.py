@@ -31,8 +31,6 @@ from utils.measures import sigmoid
 from utils.preprocessing.cache import load_cached
 from utils.training.readout import fit_logistic, out_of_fold
 
-HANDCRAFTED_PRED = "handcrafted_pred"
-HANDCRAFTED_GT = "handcrafted_gt"
 FEATURES: tuple[str, ...] = ("log_volume_ratio", "post_dwi_mean", "post_dwi_bright")
 BRIGHT_Z = 5.0
 VOLUME_OFFSET_ML = 0.1

@@ -15,8 +15,8 @@ import pandas as pd
 from scipy import ndimage
 
 from utils.config import SEQUENCES, TIMEPOINTS, processed_csv
-from utils.evaluation.plots import empty_panel, overlay
-from utils.evaluation.scoring import MAIN_MODEL, VALIDATION_COHORTS
+from utils.evaluation.labels import MAIN_MODEL, VALIDATION_COHORTS
+from utils.evaluation.plots import empty_panel, tumour_slice_panel
 from utils.preprocessing.cache import load_cached
 
 
@@ -110,7 +110,7 @@ def input_attribution(model, inputs: Mapping[str, np.ndarray], output: str = "pc
     with tf.GradientTape() as tape:
         tape.watch(list(batch.values()))
         score = _signed_logit(model(batch, training=False)[output], target_class)
-    grads = tape.gradient(score, batch)
+    grads = tape.gradient(score, batch, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     maps = {name: np.maximum((batch[name].numpy()[0] * grads[name].numpy()[0]).sum(-1), 0)
             for name in batch}
     return _scaled(maps)
@@ -197,7 +197,7 @@ def plot_grad_cam(panels: Sequence[Mapping]) -> plt.Figure:
             if branch not in panel["maps"]:
                 empty_panel(ax, branch, "branch not in model")
                 continue
-            overlay(ax, panel["images"][branch], panel["masks"]["pre"], None,
-                    f"{panel['title']}: {branch}", heat=panel["maps"][branch])
+            tumour_slice_panel(ax, panel["images"][branch], panel["masks"]["pre"], None,
+                               f"{panel['title']}: {branch}", heat=panel["maps"][branch])
     fig.tight_layout()
     return fig

@@ -1,8 +1,10 @@
 """Figures of the evaluation notebook (04): ROC and precision-recall curves, the ablation
 forest plot, imaging vs integrated model, segmentation box plots and overlays, calibration
-and decision curves. Each function takes the tables of :mod:`utils.evaluation.evaluate` /
-:mod:`utils.evaluation.scoring` and returns a Figure (saved by :func:`utils.figures.save_figure`).
-Cohorts where a curve is undefined (one class) get a panel that says why.
+and decision curves. Each function takes tables of an
+:class:`utils.evaluation.evaluate.Evaluation` and returns a Figure (saved by
+:func:`utils.figures.save_figure`); every image with masks is drawn by
+:func:`utils.figures.show_slice`. Cohorts where a curve is undefined (one class) get a panel
+that says why.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from utils.config import COHORTS, TIMEPOINTS, cache_files, predicted_masks_file
-from utils.evaluation import stats as st
-from utils.evaluation.evaluate import PRIMARY_METHOD
-from utils.evaluation.scoring import (
+from utils.evaluation import curves
+from utils.evaluation.checks import undefined_reason
+from utils.evaluation.labels import (
     ABLATIONS,
     COHORT_LABELS,
     HANDCRAFTED,
@@ -33,9 +35,11 @@ from utils.evaluation.scoring import (
     VOLUME_PRED,
     cohorts_in,
     fmt_ci,
-    labels_scores,
     model_label,
 )
+from utils.evaluation.predictions import labels_scores
+from utils.evaluation.rates import PRIMARY_METHOD
+from utils.figures import show_slice
 from utils.inference.batch import load_predicted_masks
 from utils.measures import largest_slice
 from utils.preprocessing.cache import load_cached
@@ -67,7 +71,7 @@ def empty_panel(ax, title: str, reason: str) -> None:
 
 def _panel_data(scores: pd.DataFrame, cohort: str, model: str):
     y, s, _ = labels_scores(scores[(scores["cohort"] == cohort) & (scores["model"] == model)])
-    return y, s, st.undefined_reason(y)
+    return y, s, undefined_reason(y)
 
 
 # ----------------------------------------------------------------------------- ROC, PR
@@ -77,8 +81,9 @@ def plot_roc_curves(scores: pd.DataFrame, auc: pd.DataFrame,
                     cohorts: Sequence[str] | None = None,
                     operating: pd.DataFrame | None = None, title: str = "") -> plt.Figure:
     """ROC curve per cohort (one panel each) for ``models``; the legend gives the AUC with
-    its DeLong 95% CI; ``operating`` (rows of :func:`utils.evaluation.evaluate.performance_table` for
-    the main model) marks the training-chosen operating point."""
+    its DeLong 95% CI; ``operating`` (rows of
+    :func:`utils.evaluation.cohorttables.performance_table` for the main model) marks the
+    training-chosen operating point."""
     cohorts = list(cohorts or cohorts_in(scores))
     fig, axes = plt.subplots(1, len(cohorts), figsize=(3.6 * len(cohorts), 3.6), squeeze=False)
     for ax, cohort in zip(axes[0], cohorts, strict=True):
@@ -94,7 +99,7 @@ def _roc_panel(ax, scores, auc, models, cohort, operating) -> None:
         y, s, reason = _panel_data(scores, cohort, model)
         if reason or not s.size:
             continue
-        curve = st.roc_curve_points(y, s)
+        curve = curves.roc_curve_points(y, s)
         style = "--" if model in ORACLES else "-"
         ax.plot(curve["fpr"], curve["tpr"], style, color=COLORS.get(model), lw=1.5,
                 label=_auc_legend(auc, cohort, model))
@@ -143,7 +148,7 @@ def _pr_panel(ax, scores: pd.DataFrame, models: Sequence[str], cohort: str) -> N
         y, s, why = _panel_data(scores, cohort, model)
         if why or not s.size:
             continue
-        curve = st.pr_curve(y, s)
+        curve = curves.pr_curve(y, s)
         ax.step(curve["recall"], curve["precision"], where="post", color=COLORS.get(model),
                 label=f"{model_label(model)}: AP {curve['average_precision']:.2f}")
     prevalence = _panel_data(scores, cohort, models[0])[0].mean()
@@ -276,7 +281,7 @@ def plot_overlays(cases: pd.DataFrame, cache_dir: str | Path, masks_dir: str | P
         ref = load_cached(cache_files(cache_dir, case["patient_id"])["npz"])
         pred = load_predicted_masks(predicted_masks_file(masks_dir, model, case["patient_id"]))
         for ax, timepoint in zip(row_axes, TIMEPOINTS, strict=True):
-            overlay(ax, ref[f"image_{timepoint}"][..., 0], ref[f"mask_{timepoint}"],
+            tumour_slice_panel(ax, ref[f"image_{timepoint}"][..., 0], ref[f"mask_{timepoint}"],
                     pred.get(f"mask_{timepoint}"), _overlay_title(seg, model, case, timepoint))
     fig.suptitle("T2W; green: ground truth, magenta: predicted", fontsize=8)
     fig.tight_layout()
@@ -304,21 +309,14 @@ def _overlay_title(seg: pd.DataFrame, model: str, case: pd.Series, timepoint: st
             if len(dice) else f"{timepoint}: no mask")
 
 
-def overlay(ax, image: np.ndarray, truth: np.ndarray, predicted: np.ndarray | None,
-            title: str, heat: np.ndarray | None = None) -> None:
-    """``image`` through the largest slice of ``truth`` (of ``predicted`` when ``truth`` is
-    empty), with the ``heat`` map (jet, 40%) and the mask contours (truth green, predicted
-    magenta)."""
+def tumour_slice_panel(ax, image: np.ndarray, truth: np.ndarray, predicted: np.ndarray | None,
+                       title: str, heat: np.ndarray | None = None) -> None:
+    """:func:`utils.figures.show_slice` of the (z, y, x) ``image`` (and ``heat`` map) through
+    the largest slice of ``truth`` (of ``predicted`` when ``truth`` is empty), with the
+    contours of ``truth`` (green) and ``predicted`` (magenta)."""
     z = largest_slice(truth if truth.any() or predicted is None else predicted)
-    ax.imshow(image[z], cmap="gray", interpolation="nearest")
-    if heat is not None:
-        ax.imshow(heat[z], cmap="jet", alpha=0.4, vmin=0, vmax=1, interpolation="bilinear")
-    if truth[z].any():
-        ax.contour(truth[z], levels=[0.5], colors="lime", linewidths=1)
-    if predicted is not None and predicted[z].any():
-        ax.contour(predicted[z], levels=[0.5], colors="magenta", linewidths=1)
-    ax.set_title(title, fontsize=7.5)
-    ax.set_axis_off()
+    contours = [(truth[z], "lime"), (None if predicted is None else predicted[z], "magenta")]
+    show_slice(ax, image[z], contours, title, heat=None if heat is None else heat[z])
 
 
 # ----------------------------------------------------------------------------- calibration, DCA

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from utils import config
-from utils.evaluation.scoring import (
+from utils.evaluation.labels import (
     HANDCRAFTED,
     IMAGE_ORACLE,
     INTEGRATED,

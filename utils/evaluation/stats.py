@@ -1,8 +1,9 @@
-"""Statistics for the pCR prediction results: ROC/AUC with DeLong inference, operating points,
-calibration, decision curves and the integrated (score + tumour markers) logistic model.
+"""ROC AUC with DeLong inference (variance, CI, paired and unpaired tests), the stratified
+bootstrap CI, Holm's adjustment and the logit transform.
 
-Conventions: ``y_true`` is binary 0/1 (or bool) with 1 = positive class (pCR); a higher score
-means "more likely positive"; a case is called positive when ``score >= threshold``.
+Conventions (:mod:`utils.evaluation.checks`): ``y_true`` is binary 0/1 with 1 = pCR; a higher
+score means "more likely positive". Operating points and rates: :mod:`utils.evaluation.rates`;
+curves, calibration and net benefit: :mod:`utils.evaluation.curves`.
 """
 
 from __future__ import annotations
@@ -10,64 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 from scipy import stats
-from sklearn.calibration import calibration_curve
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import (
-    average_precision_score,
-    brier_score_loss,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
-)
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.metrics import roc_auc_score
+
+from utils.evaluation.checks import check_binary_labels, check_scores
 
 ALTERNATIVES = ("two-sided", "greater", "less")
-THRESHOLD_METHODS = ("closest_topleft", "youden")
-
-
-# ----------------------------------------------------------------------------- validation
-
-def _check_binary_labels(y_true: np.ndarray, name: str = "y_true") -> np.ndarray:
-    """Return ``y_true`` as an int 0/1 array, or raise ValueError saying what is wrong."""
-    y = np.asarray(y_true)
-    if y.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {y.shape}")
-    if y.dtype.kind == "f" and np.isnan(y).any():
-        raise ValueError(f"{name} contains {int(np.isnan(y).sum())} NaN values of {y.size}")
-    values = set(np.unique(y).tolist())
-    if not values <= {0, 1}:
-        raise ValueError(f"{name} must be binary 0/1, found values {sorted(values, key=str)}")
-    y = y.astype(int)
-    n_pos = int(y.sum())
-    if n_pos in (0, y.size):
-        raise ValueError(f"{name} has one class only ({y.size} values, all equal to "
-                         f"{int(n_pos > 0)}); both positives and negatives are needed")
-    return y
-
-
-def _check_scores(y_true, score, name: str = "score") -> tuple[np.ndarray, np.ndarray]:
-    """Validate labels and one score vector of the same length without NaN."""
-    y = _check_binary_labels(y_true)
-    s = np.asarray(score, dtype=float)
-    if s.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {s.shape}")
-    if s.size != y.size:
-        raise ValueError(f"lengths differ: y_true has {y.size} values but {name} has {s.size}")
-    n_nan = int(np.isnan(s).sum())
-    if n_nan:
-        raise ValueError(f"{name} contains {n_nan} NaN values of {s.size}")
-    return y, s
-
-
-def _check_probabilities(y_true, prob) -> tuple[np.ndarray, np.ndarray]:
-    y, p = _check_scores(y_true, prob, name="prob")
-    if p.min() < 0 or p.max() > 1:
-        raise ValueError(f"prob must lie in [0, 1]; found range [{p.min()}, {p.max()}]")
-    return y, p
 
 
 def _check_alternative(alternative: str) -> None:
@@ -91,18 +40,6 @@ def logit(p, eps: float = 1e-6) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- AUC, DeLong
 
-def undefined_reason(y_true) -> str:
-    """Why a two-class statistic (AUC, sensitivity with specificity, ...) is undefined for
-    labels ``y_true`` ('' when it is defined)."""
-    y = np.asarray(y_true)
-    n_pos = int(np.sum(y))
-    if y.size == 0:
-        return "no patients"
-    if n_pos in (0, y.size):
-        return f"one class only ({y.size - n_pos} non-pCR, {n_pos} pCR)"
-    return ""
-
-
 def variance_undefined(y_true) -> str:
     """Why the DeLong variance of an AUC is undefined for labels ``y_true`` ('' if defined).
 
@@ -122,7 +59,7 @@ def roc_auc(y_true, score) -> float:
     """Area under the ROC curve = Mann-Whitney U / (m n): the probability that a random
     positive scores higher than a random negative, ties counting 1/2
     (sklearn ``roc_auc_score``, trapezoidal rule, which is identical)."""
-    y, s = _check_scores(y_true, score)
+    y, s = check_scores(y_true, score)
     return float(roc_auc_score(y, s))
 
 
@@ -154,9 +91,9 @@ def delong_auc_cov(y_true, scores_2d) -> tuple[np.ndarray, np.ndarray]:
     than two patients (:func:`variance_undefined`).
     """
     s2 = np.atleast_2d(np.asarray(scores_2d, dtype=float))
-    y = _check_binary_labels(y_true)
+    y = check_binary_labels(y_true)
     for index, row in enumerate(s2):
-        _check_scores(y, row, name="score" if len(s2) == 1 else f"scores_2d[{index}]")
+        check_scores(y, row, name="score" if len(s2) == 1 else f"scores_2d[{index}]")
     aucs, v10, v01 = _structural_components(y, s2)
     if variance_undefined(y):
         return aucs, np.full((len(s2), len(s2)), np.nan)
@@ -171,7 +108,7 @@ def delong_ci(y_true, score, level: float = 0.95) -> tuple[float, float, float]:
     Returns ``(auc, low, high)``; ``low`` and ``high`` are NaN when the variance is undefined
     (:func:`variance_undefined`)."""
     z = _z_quantile(level)
-    aucs, cov = delong_auc_cov(*_check_scores(y_true, score))
+    aucs, cov = delong_auc_cov(*check_scores(y_true, score))
     auc, half = float(aucs[0]), z * float(np.sqrt(cov[0, 0]))
     if np.isnan(half):
         return auc, np.nan, np.nan
@@ -213,8 +150,8 @@ def delong_paired_test(y_true, score1, score2, alternative: str = "two-sided",
     Returns dict(auc1, auc2, diff, z, p, ci_low, ci_high).
     """
     _check_alternative(alternative)
-    y, s1 = _check_scores(y_true, score1, name="score1")
-    _, s2 = _check_scores(y, score2, name="score2")
+    y, s1 = check_scores(y_true, score1, name="score1")
+    _, s2 = check_scores(y, score2, name="score2")
     aucs, cov = delong_auc_cov(y, np.vstack([s1, s2]))
     diff = float(aucs[0] - aucs[1])
     if np.isnan(cov).any():
@@ -236,8 +173,8 @@ def delong_unpaired_test(y1, s1, y2, s2, alternative: str = "two-sided") -> dict
     has fewer than two patients in a class.
     """
     _check_alternative(alternative)
-    auc1, var1 = (float(v.ravel()[0]) for v in delong_auc_cov(*_check_scores(y1, s1, "s1")))
-    auc2, var2 = (float(v.ravel()[0]) for v in delong_auc_cov(*_check_scores(y2, s2, "s2")))
+    auc1, var1 = (float(v.ravel()[0]) for v in delong_auc_cov(*check_scores(y1, s1, "s1")))
+    auc2, var2 = (float(v.ravel()[0]) for v in delong_auc_cov(*check_scores(y2, s2, "s2")))
     n1, n2 = len(s1), len(s2)
     if np.isnan(var1) or np.isnan(var2):
         return {"d": np.nan, "df": np.nan, "p": np.nan}
@@ -279,7 +216,7 @@ def bootstrap_auc_ci(y_true, score, n_resamples: int = 2000, level: float = 0.95
     ``method="percentile"``. Returns ``(auc, low, high)``; NaN bounds with fewer than two
     patients in a class (:func:`variance_undefined`).
     """
-    y, s = _check_scores(y_true, score)
+    y, s = check_scores(y_true, score)
     if variance_undefined(y):
         return roc_auc(y, s), np.nan, np.nan
     result = stats.bootstrap((s[y == 1], s[y == 0]), _auc_from_groups, vectorized=True,
@@ -287,171 +224,3 @@ def bootstrap_auc_ci(y_true, score, n_resamples: int = 2000, level: float = 0.95
                              method="percentile", rng=np.random.default_rng(seed))
     ci = result.confidence_interval
     return roc_auc(y, s), float(ci.low), float(ci.high)
-
-
-# ----------------------------------------------------------------------------- operating point
-
-def choose_threshold(y_true, score, method: str = "closest_topleft") -> float:
-    """Operating threshold chosen on training data from the empirical ROC (sklearn roc_curve).
-
-    ``closest_topleft`` minimises (1 - sensitivity)^2 + (1 - specificity)^2 (distance to
-    (0, 1), as the authors' code did); ``youden`` maximises J = sensitivity + specificity - 1.
-    Candidates are the observed scores (call positive when score >= threshold); ties go to
-    the higher threshold.
-    """
-    if method not in THRESHOLD_METHODS:
-        raise ValueError(f"method must be one of {THRESHOLD_METHODS}, got {method!r}")
-    y, s = _check_scores(y_true, score)
-    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
-    fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]  # drop sklearn's +inf start
-    if method == "youden":
-        return float(thresholds[np.argmax(tpr - fpr)])
-    return float(thresholds[np.argmin((1 - tpr) ** 2 + fpr**2)])
-
-
-def _wilson(successes: int, trials: int, level: float) -> tuple[float, float, float]:
-    """Proportion with Wilson score CI (no continuity correction); 0/0 gives NaNs."""
-    if trials == 0:
-        return np.nan, np.nan, np.nan
-    ci = stats.binomtest(successes, trials).proportion_ci(confidence_level=level,
-                                                          method="wilson")
-    return successes / trials, float(ci.low), float(ci.high)
-
-
-def binary_rates(y: np.ndarray, s: np.ndarray, threshold: float, level: float = 0.95) -> dict:
-    """Counts and the five rates of :func:`binary_performance`, without input validation.
-
-    Works on a one-class cohort: the rate whose denominator is empty is NaN.
-    """
-    called = s >= threshold
-    tp, fp = int(np.sum(called & (y == 1))), int(np.sum(called & (y == 0)))
-    fn, tn = int(np.sum(~called & (y == 1))), int(np.sum(~called & (y == 0)))
-    result: dict[str, float] = {"threshold": float(threshold), "tp": tp, "fp": fp, "tn": tn,
-                                "fn": fn}
-    fractions = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp),
-                 "ppv": (tp, tp + fp), "npv": (tn, tn + fn), "accuracy": (tp + tn, y.size)}
-    for name, (k, n) in fractions.items():
-        value, low, high = _wilson(k, n, level)
-        result.update({name: value, f"{name}_low": low, f"{name}_high": high})
-    return result
-
-
-def binary_performance(y_true, score, threshold: float, level: float = 0.95) -> dict:
-    """Sensitivity, specificity, PPV, NPV and accuracy at ``threshold`` (positive when
-    score >= threshold), each with a Wilson score CI (scipy ``binomtest``), plus the counts.
-
-    Keys: tp, fp, tn, fn, and for each measure ``<name>``, ``<name>_low``, ``<name>_high``.
-    A 0/0 proportion (e.g. PPV with no positive calls) is NaN.
-    """
-    y, s = _check_scores(y_true, score)
-    return binary_rates(y, s, threshold, level)
-
-
-# ----------------------------------------------------------------------------- curves
-
-def roc_curve_points(y_true, score) -> dict[str, np.ndarray]:
-    """ROC curve points from sklearn ``roc_curve`` (drop_intermediate=False).
-    Returns dict(fpr, tpr, thresholds)."""
-    y, s = _check_scores(y_true, score)
-    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
-    return {"fpr": fpr, "tpr": tpr, "thresholds": thresholds}
-
-
-def pr_curve(y_true, score) -> dict:
-    """Precision-recall curve (sklearn ``precision_recall_curve``) and average precision
-    (sklearn ``average_precision_score``, step-wise, no interpolation).
-    Returns dict(precision, recall, thresholds, average_precision)."""
-    y, s = _check_scores(y_true, score)
-    precision, recall, thresholds = precision_recall_curve(y, s)
-    return {"precision": precision, "recall": recall, "thresholds": thresholds,
-            "average_precision": float(average_precision_score(y, s))}
-
-
-def calibration(y_true, prob, n_bins: int = 10) -> dict:
-    """Reliability curve with ``n_bins`` equal-width bins (sklearn ``calibration_curve``,
-    empty bins omitted) and the Brier score (sklearn ``brier_score_loss``).
-    Returns dict(prob_true, prob_pred, brier)."""
-    y, p = _check_probabilities(y_true, prob)
-    prob_true, prob_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
-    return {"prob_true": prob_true, "prob_pred": prob_pred,
-            "brier": float(brier_score_loss(y, p))}
-
-
-def net_benefit(y_true, prob, thresholds: Sequence[float]) -> pd.DataFrame:
-    """Decision curve (Vickers & Elkin 2006): NB(pt) = TP/n - FP/n · pt/(1 - pt), treating
-    patients with prob >= pt; "treat all" uses TP = all positives, FP = all negatives;
-    "treat none" is 0. Thresholds must lie in [0, 1).
-    Returns a DataFrame with columns threshold, model, treat_all, treat_none."""
-    y, p = _check_probabilities(y_true, prob)
-    pt = np.asarray(thresholds, dtype=float)
-    if pt.ndim != 1 or np.any((pt < 0) | (pt >= 1)) or np.isnan(pt).any():
-        raise ValueError("thresholds must be a 1-D sequence of values in [0, 1)")
-    n, odds = y.size, pt / (1 - pt)
-    called = p[None, :] >= pt[:, None]
-    tp = (called & (y == 1)).sum(axis=1)
-    fp = (called & (y == 0)).sum(axis=1)
-    prevalence = y.mean()
-    return pd.DataFrame({"threshold": pt, "model": tp / n - fp / n * odds,
-                         "treat_all": prevalence - (1 - prevalence) * odds,
-                         "treat_none": np.zeros_like(pt)})
-
-
-# ----------------------------------------------------------------------------- integrated model
-
-def _log1p_columns(x: np.ndarray, columns: Sequence[int] = ()) -> np.ndarray:
-    """log1p of the listed column positions; other columns unchanged."""
-    x = np.array(x, dtype=float, copy=True)
-    x[:, list(columns)] = np.log1p(x[:, list(columns)])
-    return x
-
-
-def fit_integrated_model(train_df: pd.DataFrame, feature_columns: Sequence[str],
-                         label_column: str = "pcr", log_columns: Sequence[str] = (),
-                         C: float = 1.0) -> Pipeline:
-    """Fit the integrated model (e.g. RP-Net score + CEA + CA19-9) on training data.
-
-    sklearn Pipeline: SimpleImputer (missing values -> training median of the raw column),
-    log1p of ``log_columns`` (tumour markers, which must be >= 0), StandardScaler,
-    LogisticRegression (lbfgs, L2 penalty with inverse strength ``C`` on the standardised
-    scale; ``C=np.inf`` gives plain maximum likelihood). Deterministic: no randomness.
-    Predict with ``pipeline.predict_proba(df[feature_columns])[:, 1]``.
-    """
-    features = list(feature_columns)
-    unknown = sorted(set(log_columns) - set(features))
-    if unknown:
-        raise ValueError(f"log_columns not among feature_columns: {unknown}")
-    y = _check_binary_labels(train_df[label_column].to_numpy(), name=label_column)
-    n_negative = int((train_df[list(log_columns)] < 0).to_numpy().sum())
-    if n_negative:
-        raise ValueError(f"log_columns contain {n_negative} negative values; log1p needs >= 0")
-    log_positions = [features.index(name) for name in log_columns]
-    pipeline = Pipeline([
-        ("impute", SimpleImputer(strategy="median")),
-        ("log1p", FunctionTransformer(_log1p_columns, kw_args={"columns": log_positions})),
-        ("scale", StandardScaler()),
-        ("logistic", LogisticRegression(C=C, solver="lbfgs", tol=1e-8,
-                                         max_iter=10_000)),
-    ])
-    return pipeline.fit(train_df[features].astype(float), y)
-
-
-def coefficient_table(pipeline: Pipeline, feature_columns: Sequence[str]) -> pd.DataFrame:
-    """Coefficients of a fitted integrated model on the standardised scale.
-
-    Columns: feature, transform ("log1p" or "none"), sd (training SD of the transformed
-    feature), coefficient (log-odds per SD), odds_ratio_per_sd = exp(coefficient).
-    The intercept is ``pipeline[-1].intercept_``.
-    """
-    features = list(feature_columns)
-    coefficients = pipeline.named_steps["logistic"].coef_.ravel()
-    if coefficients.size != len(features):
-        raise ValueError(f"pipeline has {coefficients.size} coefficients but "
-                         f"{len(features)} feature_columns were given")
-    log_positions = pipeline.named_steps["log1p"].kw_args["columns"]
-    return pd.DataFrame({
-        "feature": features,
-        "transform": ["log1p" if i in log_positions else "none" for i in range(len(features))],
-        "sd": pipeline.named_steps["scale"].scale_,
-        "coefficient": coefficients,
-        "odds_ratio_per_sd": np.exp(coefficients),
-    })

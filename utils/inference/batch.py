@@ -1,17 +1,22 @@
 """Batch inference of trained runs: every loaded patient once, and ``predictions.csv``.
 
+:func:`predict_runs` is the step after training (:func:`utils.training.runner.train_all`): it
+predicts every patient with each trained run and writes ``results/predictions.csv``.
 :func:`predict_variant` predicts all cohorts with a run's selected model (training patients
 get their out-of-fold readout score when the run has one) and writes its predicted masks and
 ``predictions/<run>.csv``; :func:`write_predictions` combines the runs into
 ``results/predictions.csv`` (:data:`PREDICTION_COLUMNS`). One new patient from NIfTI files:
-:mod:`utils.inference.predict`. Importing this module does not import Keras (:mod:`utils.evaluation.evaluate`
-reads :data:`PREDICTION_COLUMNS`); the functions that need it import it.
+:mod:`utils.inference.predict`. ``python -m utils.inference.batch --profile P [--manifest M]
+[--cache DIR] [--out DIR] [--runs RUN ...]`` predicts every patient with the trained runs.
+Importing this module does not import Keras (:mod:`utils.evaluation` reads
+:data:`PREDICTION_COLUMNS`); the functions that need it import it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,7 +28,8 @@ from utils.training.modelcard import read_model_card, run_name, score_from_card
 
 if TYPE_CHECKING:
     from utils.config import Paths
-    from utils.training.dataset import PatientArrays, TrainData
+    from utils.training.patients import PatientArrays, TrainData
+
 
 def load_predicted_masks(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """One run's predicted masks of one patient (the file :func:`predict_variant` writes):
@@ -89,7 +95,7 @@ def predict_variant(variant: str, model: Any, data: TrainData, paths: Paths,
     ``predicted_masks/<run>/<patient>.npz`` (the variant's masks only; none for
     single_task) and ``predictions/<run>.csv``; returns the rows of predictions.csv.
     """
-    from utils.model.rpnet import load_rpnet
+    from utils.model.compile import load_rpnet
     from utils.training.dataset import stacked_inputs
 
     if isinstance(model, str | os.PathLike):
@@ -132,3 +138,81 @@ def write_predictions(paths: Paths, runs: Sequence[str] | None = None) -> pd.Dat
         columns=PREDICTION_COLUMNS)
     write_atomic(paths.predictions_csv, lambda tmp: table.to_csv(tmp, index=False))
     return table
+
+
+def predict_runs(paths: Paths, runs: Iterable[str], data: TrainData, *,
+                 batch_size: int | None = None) -> pd.DataFrame:
+    """Predict every loaded patient with each trained run (``models/<run>.keras`` and its card:
+    variant, replica, batch size), print one summary line per run and write
+    ``results/predictions.csv`` after each run (partial results survive a crash); returns it.
+
+    A run whose ``predictions/<run>.csv`` is newer than its model is not predicted again.
+    """
+    runs = list(runs)
+    for i, run in enumerate(runs):
+        model_path, table_path = paths.model_file(run), paths.run_predictions_csv(run)
+        if table_path.exists() and table_path.stat().st_mtime >= model_path.stat().st_mtime:
+            table, status = pd.read_csv(table_path, dtype={"patient_id": str}), "cached"
+        else:
+            card = read_model_card(model_path) or {}
+            table = predict_variant(card.get("variant", run), model_path, data, paths,
+                                    batch_size or card.get("config", {}).get("batch_size", 4),
+                                    int(card.get("seed", 0)))
+            status = "predicted"
+        print(prediction_summary(run, table, status))
+        write_predictions(paths, runs[:i + 1])
+    return write_predictions(paths, runs)
+
+
+def prediction_summary(run: str, table: pd.DataFrame, status: str = "") -> str:
+    """One line per run: validation AUCs and the mean validation Dice of the pre mask."""
+    parts = [f"{run:>18}:"]
+    for cohort in ("internal_validation", "external_validation"):
+        rows = table[table["cohort"] == cohort]
+        if len(rows) and rows["pcr"].nunique() == 2:
+            auc = measures.auc_or_nan(rows["pcr"], rows["score"])
+            parts.append(f"AUC {cohort.split('_')[0][:3]} {auc:.3f},")
+    val = table[table["cohort"] != "training"]
+    if val["dice_pre"].notna().any():
+        parts.append(f"Dice pre {val['dice_pre'].mean():.3f},")
+    return " ".join(parts).rstrip(",") + (f" ({status})" if status else "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m utils.inference.batch``: predict every patient with the trained runs."""
+    import argparse
+    import sys
+
+    from utils.config import PROFILES, get_profile, paths_with
+    from utils.training.patients import prepare_data
+
+    cli = argparse.ArgumentParser(prog="python -m utils.inference.batch", description=(
+        "Predict every preprocessed patient with each trained run; writes predicted masks, "
+        "predictions/<run>.csv and results/predictions.csv."))
+    cli.add_argument("--profile", default=None, choices=sorted(PROFILES))
+    cli.add_argument("--manifest", type=Path, default=None, help="default: the profile's")
+    cli.add_argument("--cache", type=Path, default=None, help="default: data/cache/<profile>")
+    cli.add_argument("--out", type=Path, default=None,
+                     help="the run folder given to python -m utils.training")
+    cli.add_argument("--runs", nargs="+", default=None, help="default: every trained run")
+    args = cli.parse_args(argv)
+    profile = get_profile(args.profile)
+    paths = paths_with(profile, args.manifest, args.cache, args.out)
+    runs = args.runs or paths.trained_runs()
+    missing = [r for r in runs if not paths.model_file(r).exists()]
+    if not runs or missing:
+        print(f"error: no trained model {', '.join(missing) or ''} in {paths.models_dir}: run "
+              "python -m utils.training with the same --profile/--out first", file=sys.stderr)
+        return 1
+    try:
+        data = prepare_data(profile, paths)
+    except (FileNotFoundError, ValueError) as error:  # a bad manifest, cache or cohort
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    predict_runs(paths, runs, data)
+    print(f"wrote {paths.predictions_csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,8 +1,9 @@
 """Predict one new patient: pCR probability and both tumour masks in each exam's original space.
 
 :func:`predict_patient` reads both exams' images (the sequences the model was trained on, as
-recorded in its card) in any geometry (NIfTI, NRRD/MHA, DICOM folder),
-runs the training preprocessing (:func:`utils.preprocessing.pipeline.preprocess_pair`: N4, resampling,
+recorded in its card) in any geometry (NIfTI, NRRD/MHA, DICOM folder), each after manifest
+validation's checks of a file (:func:`utils.cohort.filecheck.read_checked`), runs the training
+preprocessing (:func:`utils.preprocessing.pipeline.preprocess_pair`: N4, resampling,
 post-to-pre registration, normalisation, ROI crop), the model, and maps each predicted ROI mask
 back onto the ORIGINAL reference-sequence (T2W) grid of its exam
 (:func:`utils.preprocessing.pipeline.roi_to_original`).
@@ -17,7 +18,8 @@ coarse pass sees whole pelves although the model was trained on tumour-centred c
 lock onto a wrong structure: check the returned masks, or give a centre.
 
 The pCR probability is the model output corrected for the balanced sampling of training
-(:func:`utils.training.modelcard.correct_prior`, from the ``<model>.json`` card written beside the model).
+(:func:`utils.training.modelcard.correct_prior`, from the ``<model>.json`` card written beside
+the model).
 
 CLI::
 
@@ -27,7 +29,10 @@ CLI::
 One ``--pre``/``--post`` per sequence, named as in the training manifest; a set that differs
 from the model's is refused with both lists.
 
-writes ``DIR/mask_pre.nii.gz``, ``DIR/mask_post.nii.gz`` and ``DIR/prediction.json``.
+writes ``DIR/mask_pre.nii.gz``, ``DIR/mask_post.nii.gz`` and ``DIR/prediction.json``; when
+an exam's reference sequence was given as a DICOM series folder, also ``DIR/mask_<tp>.dcm``, a
+DICOM Segmentation object referencing that series (:mod:`utils.inference.dicomseg`). Every
+output is built before the first is written, so a failure leaves the folder as it was.
 """
 
 from __future__ import annotations
@@ -44,14 +49,15 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from utils.cohort.imagecheck import content_problem, mask_problem
-from utils.cohort.manifest import read_image
+from utils.cohort.filecheck import read_checked
+from utils.cohort.imageerrors import ImageFileError
 from utils.config import SEQUENCE_NAME, SEQUENCES, Profile, get_profile
 from utils.errors import PreprocessError
 from utils.geometry import reference_grid
 from utils.io import atomic_path, write_json_atomic
-from utils.preprocessing.cache import add_params_arguments, params_from_arguments
-from utils.preprocessing.pipeline import PreprocessParams, preprocess_pair, roi_to_original
+from utils.preprocessing.cli import add_params_arguments, params_from_arguments
+from utils.preprocessing.params import PreprocessParams
+from utils.preprocessing.pipeline import preprocess_pair, roi_to_original
 from utils.preprocessing.registration import MODES as REGISTRATION_MODES
 
 PathLike = str | os.PathLike
@@ -81,18 +87,14 @@ def _read_exam(files: Mapping[str, PathLike], label: str, sequences: Sequence[st
 
 
 def _read_checked(file: PathLike, label: str, mask: bool = False) -> sitk.Image:
-    """Read one input with the manifest's checks (header size, data length, DICOM slice
-    spacing, non-finite, blank or constant voxels, mask labels); errors name the file."""
+    """Read one input after manifest validation's own checks of a file
+    (:func:`utils.cohort.filecheck.read_checked`: header size, data length, DICOM slice
+    spacing, NaN/inf voxels (also those ITK zero-fills in NIfTI), blank or constant images,
+    mask labels); errors (``ImageFileError``, a ``ValueError``) name the input and the file."""
     try:
-        image = read_image(file)
-    except Exception as error:
-        raise ValueError(f"{label}: cannot read {file}: {error}") from error
-    pixels = sitk.GetArrayViewFromImage(image)
-    problem = (mask_problem(pixels) if mask else content_problem(pixels)) or (
-        None if np.all(np.isfinite(pixels)) else "NaN or infinite voxels")
-    if problem:
-        raise ValueError(f"{label}: {file}: {problem}")
-    return image
+        return read_checked(file, mask=mask)
+    except ImageFileError as error:
+        raise ImageFileError(f"{label}: {error}") from error
 
 
 def _as_mask(mask: PathLike | sitk.Image | None, label: str) -> sitk.Image | None:
@@ -217,7 +219,7 @@ def predict_patient(pre_files: Mapping[str, PathLike], post_files: Mapping[str, 
 
     model, card = load_model(model_path), read_model_card(model_path)
     params = params or _params(profile, card)
-    if registration is not None:  # "strict" | "flag" | "identity" (utils.preprocessing.registration)
+    if registration is not None:  # "strict" | "flag" | "identity" (preprocessing.registration)
         params = dataclasses.replace(params, registration=registration)
     pre = _read_exam(pre_files, "pre", params.sequences)
     post = _read_exam(post_files, "post", params.sequences)
@@ -234,20 +236,31 @@ def predict_patient(pre_files: Mapping[str, PathLike], post_files: Mapping[str, 
     return {"pcr_probability": float(score_from_card(np.array([raw]), card)[0]),
             "pcr_raw": raw, **masks,
             "roi_center_mm": None if roi_center_mm is None else [float(v) for v in roi_center_mm],
-            "roi_source": source}
+            "roi_source": source, "reference_sequence": params.reference_sequence}
 
 
-def write_outputs(result: Mapping[str, Any], out_dir: PathLike, extra: Mapping[str, Any]
-                  ) -> list[Path]:
-    """NIfTI masks and ``prediction.json`` into ``out_dir`` (each written atomically)."""
+def write_outputs(result: Mapping[str, Any], out_dir: PathLike, extra: Mapping[str, Any],
+                  sources: Mapping[str, PathLike] | None = None) -> list[Path]:
+    """NIfTI masks, DICOM-SEG masks for exams whose reference sequence in ``sources``
+    (``{"pre": path, "post": path}``) is a DICOM folder, and ``prediction.json`` into
+    ``out_dir``, each written atomically, after all of them were built."""
+    from utils.inference import dicomseg
+
     out = Path(out_dir)
+    masks = {key: result[key] for key in ("mask_pre", "mask_post") if result.get(key) is not None}
+    segs = {key: dicomseg.segmentation(mask, sources[key[5:]]) for key, mask in masks.items()
+            if sources and Path(sources[key[5:]]).is_dir()}
     written = []
-    for key in ("mask_pre", "mask_post"):
-        if result.get(key) is not None:
-            target = out / f"{key}.nii.gz"
-            with atomic_path(target) as tmp:
-                sitk.WriteImage(result[key], str(tmp), useCompression=True)
-            written.append(target)
+    for key, mask in masks.items():
+        target = out / f"{key}.nii.gz"
+        with atomic_path(target) as tmp:
+            sitk.WriteImage(mask, str(tmp), useCompression=True)
+        written.append(target)
+    for key, seg in segs.items():
+        target = out / f"{key}.dcm"
+        with atomic_path(target) as tmp:
+            seg.save_as(tmp)
+        written.append(target)
     summary = {k: v for k, v in result.items() if not isinstance(v, sitk.Image)}
     written.append(write_json_atomic(out / "prediction.json", {**summary, **extra}))
     return written
@@ -314,7 +327,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = {"model": Path(args.model).name,  # file names only: no machine paths in outputs
              "inputs": {tp: {seq: Path(f).name for seq, f in exam.items()}
                         for tp, exam in files.items()}}
-    for path in write_outputs(result, args.out, extra):
+    sources = {tp: exam[result["reference_sequence"]] for tp, exam in files.items()}
+    try:
+        written = write_outputs(result, args.out, extra, sources)
+    except ValueError as exc:  # a DICOM series the mask cannot reference
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
         print(f"wrote {path}")
     print(f"pCR probability {result['pcr_probability']:.3f} (ROI: {result['roi_source']})")
     return 0

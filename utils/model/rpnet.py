@@ -22,10 +22,7 @@ with ``keras.saving.load_model(path, safe_mode=True)``.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -33,135 +30,24 @@ from keras import layers
 
 from utils.model.layers import (
     AbsDifference,
-    DiceBCELoss,
-    DiceMetric,
     LogVolumes,
     MaskedAverage,
     MaskedMoments,
     SoftUnion,
     StopGradient,
-    WeightedBCELoss,
 )
+from utils.model.levels import (
+    Strides,
+    encoder_join_level,
+    join_levels,
+    level_pool_sizes,
+    level_strides,
+)
+from utils.model.variants import BRANCHES, COMPARISONS, JOINS, MASKS, VARIANTS
 
-BRANCHES: tuple[str, ...] = ("pre", "post")
-MASKS: dict[str, str] = {"pre": "mask_pre", "post": "mask_post"}
-JOINS: tuple[str, ...] = ("encoder", "bottleneck", "deep_supervision")
-HEADS: tuple[str, ...] = ("tumour", "paper")
 HEAD_VECTOR = "head_norm"  # the layer whose output the final pcr Dense reads
-COMPARISONS: tuple[str, ...] = ("subtract", "concat", "abs_diff")
-OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
-# The released code's loss weights: pCR 1.0, each segmentation 0.2.
-DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"pcr": 1.0, "mask_pre": 0.2, "mask_post": 0.2}
 LEAKY_SLOPE = 0.01
 N_SEGMENTATION_LEVELS = 3
-Shape = tuple[int, ...]
-Strides = tuple[tuple[int, int, int], ...]
-
-
-# --------------------------------------------------------------------------- variants
-@dataclass(frozen=True)
-class VariantSpec:
-    """What one model variant takes, returns and shares."""
-
-    name: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    tied: bool
-    joins: tuple[str, ...]
-    segmentation: bool
-    description: str
-    head: str = "tumour"
-    seeded: bool = False  # trained with Profile.seeds replicas (the paper's claims)
-
-
-def _spec(name: str, description: str, inputs: tuple[str, ...] = BRANCHES, tied: bool = True,
-          joins: tuple[str, ...] = JOINS, segmentation: bool = True,
-          head: str = "tumour", seeded: bool = False) -> VariantSpec:
-    masks = tuple(MASKS[b] for b in inputs) if segmentation else ()
-    return VariantSpec(name, inputs, (*masks, "pcr"), tied, joins, segmentation, description,
-                       head, seeded)
-
-
-VARIANTS: dict[str, VariantSpec] = {v.name: v for v in (
-    _spec("full", "Siamese RP-Net: shared backbone, pre/post masks, tumour-guided pCR readout",
-          seeded=True),
-    _spec("paper_head", "the release's pCR head: conv + instance norm + global average pool "
-          "over the whole ROI", head="paper", seeded=True),
-    _spec("single_task", "pCR only: same network, no segmentation losses (its tumour maps "
-          "are attention learned from pCR alone)", segmentation=False, seeded=True),
-    _spec("pre_only", "pre-treatment exam only: joins use pre features alone", inputs=("pre",),
-          seeded=True),
-    _spec("post_only", "post-treatment exam only: joins use post features alone",
-          inputs=("post",), seeded=True),
-    _spec("untied", "two backbones with separate weights (as in the authors' release)",
-          tied=False),
-    _spec("bottleneck_join", "pCR from the bottleneck join only", joins=("bottleneck",)),
-)}
-ALL_VARIANTS: tuple[str, ...] = tuple(VARIANTS)
-# The main model and the ablations that test the paper's claims (two time points, multi-task,
-# the tumour-guided head) are trained with Profile.seeds replicas; the others once.
-SEEDED_VARIANTS: tuple[str, ...] = tuple(name for name, v in VARIANTS.items() if v.seeded)
-
-
-# --------------------------------------------------------------------------- geometry
-def level_strides(shape_zyx: Sequence[int], depth: int) -> Strides:
-    """Stride of each of the ``depth - 1`` downsampling steps, from the input size.
-
-    y and x are halved while even and at least 4. z is halved only while it is even, at
-    least 4, and not under half the in-plane size, so thick-slice volumes (few slices, many
-    in-plane voxels) first get ``(1, 2, 2)`` steps until the grid is about isotropic in
-    voxels. Example: (16, 40, 40), depth 4 -> (1,2,2), (2,2,2), (2,2,2).
-    """
-    z, y, x = (int(s) for s in shape_zyx)
-    strides = []
-    for _ in range(depth - 1):
-        sy, sx = (2 if s % 2 == 0 and s >= 4 else 1 for s in (y, x))
-        sz = 2 if z % 2 == 0 and z >= 4 and 2 * z >= max(y, x) else 1
-        strides.append((sz, sy, sx))
-        z, y, x = z // sz, y // sy, x // sx
-    return tuple(strides)
-
-
-def level_shapes(shape_zyx: Sequence[int], depth: int) -> list[tuple[int, int, int]]:
-    """Spatial size of every U-Net level (level 0 = input resolution)."""
-    shapes = [tuple(int(s) for s in shape_zyx)]
-    for stride in level_strides(shape_zyx, depth):
-        shapes.append(tuple(s // k for s, k in zip(shapes[-1], stride, strict=True)))
-    return shapes
-
-
-def encoder_join_level(depth: int) -> int:
-    """The encoder level joined: 2 (1/4 resolution), or depth - 2 for a depth-3 network."""
-    return min(2, depth - 2)
-
-
-def receptive_field(depth: int, strides: Sequence[Sequence[int]] | None = None,
-                    where: str = "bottleneck") -> tuple[int, int, int]:
-    """Theoretical receptive field (voxels per z, y, x axis) of one output voxel.
-
-    ``where="bottleneck"``: the deepest encoder features (the bottleneck join);
-    ``where="mask"``: the full-resolution segmentation output. Standard recursion
-    ``rf += (k - 1) * jump``; nearest-neighbour upsampling by ``s`` divides the jump by ``s``.
-    ``strides`` defaults to isotropic 2s; pass :func:`level_strides` for a given input.
-    """
-    if where not in ("bottleneck", "mask"):
-        raise ValueError(f"where must be 'bottleneck' or 'mask', not {where!r}")
-    strides = [(2, 2, 2)] * (depth - 1) if strides is None else [tuple(s) for s in strides]
-    return tuple(_rf_axis([s[axis] for s in strides], where) for axis in range(3))
-
-
-def _rf_axis(steps: Sequence[int], where: str) -> int:
-    rf, jump = 1.0, 1.0
-    kernels = [(3, 1), (3, 1), (3, 1)]  # level-0 input conv and context module
-    for s in steps:
-        kernels += [(3, s), (3, 1), (3, 1)]  # strided conv and context module
-    for k, s in kernels:
-        rf, jump = rf + (k - 1) * jump, jump * s
-    if where == "mask":
-        for s in reversed(steps):
-            jump /= s
-            rf += (3 - 1) * jump * 2  # up-conv and localisation 3x3x3 (its 1x1x1 adds 0)
-    return math.ceil(rf)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -317,11 +203,6 @@ def build_rpnet(input_shape_zyxc: Sequence[int], variant: str = "full", depth: i
     return keras.Model(inputs, outputs, name=f"rpnet_{variant}")
 
 
-def join_levels(depth: int) -> dict[str, int]:
-    return {"encoder": encoder_join_level(depth), "bottleneck": depth - 1,
-            "deep_supervision": 1}
-
-
 def _compare(features: dict[str, object], key: str, comparison: str):
     """Post compared with pre at one join (or the one branch's features)."""
     maps = [features[b][key] for b in BRANCHES if b in features]
@@ -353,14 +234,6 @@ def _paper_head(features: dict, joins: Sequence[str], depth: int, base_filters: 
         vectors.append(layers.GlobalAveragePooling3D(name=f"join_{key}_gap")(x))
     x = layers.Concatenate(name="head_concat")(vectors) if len(vectors) > 1 else vectors[0]
     return _final_dense(x, dropout, seeds, zero_init=False)
-
-
-def level_pool_sizes(shape_zyx: Sequence[int], depth: int) -> list[tuple[int, int, int]]:
-    """Cumulative downsampling factor of every U-Net level (level 0: (1, 1, 1))."""
-    sizes = [(1, 1, 1)]
-    for stride in level_strides(shape_zyx, depth):
-        sizes.append(tuple(a * b for a, b in zip(sizes[-1], stride, strict=True)))
-    return sizes
 
 
 def _detached(features: dict, masks: dict) -> tuple[dict, dict]:
@@ -431,71 +304,6 @@ def set_readout(model: keras.Model, coef: Sequence[float], intercept: float) -> 
     dense = model.get_layer("pcr")
     kernel = np.asarray(coef, dtype="float32").reshape(dense.kernel.shape)
     dense.set_weights([kernel, np.asarray([intercept], dtype="float32")])
-
-
-# --------------------------------------------------------------------------- compile / load
-def make_optimizer(name: str = "adam", learning_rate: float = 1e-3) -> keras.optimizers.Optimizer:
-    """``adam`` (default: Adam, robust for small cohorts) or ``sgd`` (momentum 0.9, as the
-    authors; use ``learning_rate=1e-2`` for their setting)."""
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
-
-
-def rpnet_losses(variant: str = "full", pcr_pos_weight: float | None = None) -> dict:
-    """Loss per output: Dice+BCE per mask, (optionally positive-weighted) BCE on pcr."""
-    outputs = VARIANTS[variant].outputs
-    losses = {name: DiceBCELoss() for name in outputs if name != "pcr"}
-    losses["pcr"] = (WeightedBCELoss(pcr_pos_weight) if pcr_pos_weight
-                     else keras.losses.BinaryCrossentropy())
-    return losses
-
-
-def compile_rpnet(model: keras.Model, variant: str = "full", learning_rate: float = 1e-3,
-                  loss_weights: Mapping[str, float] | None = None,
-                  pcr_pos_weight: float | None = None, optimizer: str = "adam",
-                  jit_compile: bool | str = "auto", **compile_kwargs) -> keras.Model:
-    """Compile ``model`` with the RP-Net losses, loss weights and metrics; returns it.
-
-    Loss weights default to the release (pcr 1.0, each mask 0.2); ``loss_weights``
-    overrides some of them. ``pcr_pos_weight`` (e.g. n_negative / n_positive) weights the
-    positive class of the pcr BCE. Metrics: ``dice`` on masks, ``auc`` on pcr.
-    ``jit_compile="auto"``: see :func:`resolve_jit_compile`. Other keyword arguments
-    (``run_eagerly``, ``steps_per_execution``) go to ``model.compile``.
-    """
-    outputs = VARIANTS[variant].outputs
-    if set(model.output_names) != set(outputs):
-        raise ValueError(f"model outputs {model.output_names} are not variant {variant!r}'s")
-    weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
-    metrics = {name: [DiceMetric(name="dice")] for name in outputs if name != "pcr"}
-    metrics["pcr"] = [keras.metrics.AUC(name="auc")]
-    model.compile(optimizer=make_optimizer(optimizer, learning_rate),
-                  loss=rpnet_losses(variant, pcr_pos_weight),
-                  loss_weights={name: weights[name] for name in outputs},
-                  metrics=metrics, jit_compile=resolve_jit_compile(jit_compile),
-                  **compile_kwargs)
-    return model
-
-
-def resolve_jit_compile(jit_compile: bool | str = "auto") -> bool | str:
-    """``"auto"`` -> no XLA for TensorFlow on CPU, else Keras's own ``"auto"``.
-
-    XLA's CPU 3D convolutions bypass oneDNN: a training step of this network was ~20x
-    slower with XLA than without on a 2-core CPU (``benchmarks/bench_model.py``). JAX
-    needs XLA; TensorFlow on a GPU gets Keras's choice.
-    """
-    if jit_compile != "auto" or keras.backend.backend() != "tensorflow":
-        return jit_compile
-    import tensorflow as tf
-
-    return "auto" if tf.config.list_physical_devices("GPU") else False
-
-
-def load_rpnet(path: str | Path, compile: bool = True) -> keras.Model:
-    """Load a saved ``.keras`` RP-Net with ``safe_mode=True``."""
-    return keras.saving.load_model(path, compile=compile, safe_mode=True)
 
 
 def variant_of(model: keras.Model) -> str:

@@ -1,5 +1,5 @@
 """``python -m utils.preprocessing``: preprocess a manifest into the cache."""
 
-from utils.preprocessing.cache import main
+from utils.preprocessing.cli import main
 
 raise SystemExit(main())

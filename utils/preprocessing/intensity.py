@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from utils.geometry import resample, resample_mask
 
 if TYPE_CHECKING:
-    from utils.preprocessing.pipeline import PreprocessParams
+    from utils.preprocessing.params import PreprocessParams
 
 
 # --------------------------------------------------------------------------- body mask

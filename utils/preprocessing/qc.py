@@ -1,7 +1,7 @@
 """Quality-control figures for the preprocessing notebook (N4, registration, normalisation, ROI).
 
-Each function recomputes the one step it shows with :mod:`utils.preprocessing.pipeline`'s own functions,
-so the figure shows exactly what the cached pipeline did.
+Each function recomputes the one step it shows with :mod:`utils.preprocessing.pipeline`'s own
+functions, so the figure shows exactly what the cached pipeline did.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ import pandas as pd
 import SimpleITK as sitk
 
 from utils.cohort.manifest import exam_files, read_image
+from utils.figures import show_slice
 from utils.geometry import reference_grid, resample
 from utils.measures import largest_slice as tumour_slice  # notebook 01's name for it
 from utils.preprocessing import pipeline as pp
 from utils.preprocessing.cache import load_cached
 from utils.preprocessing.intensity import body_mask, n4_correct, normalise
+from utils.preprocessing.params import PreprocessParams
 
 
 def exam_images(manifest: pd.DataFrame, patient_id: str, timepoint: str) -> dict[str, sitk.Image]:
@@ -36,7 +38,7 @@ def _show(ax: plt.Axes, pixels: np.ndarray, title: str, cmap: str = "gray", **kw
     return image
 
 
-def plot_bias_correction(t2w: sitk.Image, params: pp.PreprocessParams, z_index: int
+def plot_bias_correction(t2w: sitk.Image, params: PreprocessParams, z_index: int
                          ) -> tuple[plt.Figure, dict[str, float]]:
     """T2W before N4, the fitted bias field, and after; plus the body's coefficient of variation."""
     corrected, bias = n4_correct(t2w, params)
@@ -71,7 +73,7 @@ def _robust(pixels: np.ndarray) -> np.ndarray:
 
 
 def plot_registration(pre_t2w: sitk.Image, post_t2w: sitk.Image, transform: sitk.Transform,
-                      params: pp.PreprocessParams, z_index: int) -> plt.Figure:
+                      params: PreprocessParams, z_index: int) -> plt.Figure:
     """Checkerboards of pre and post T2W on the pre grid, before and after registration."""
     reference = reference_grid(pre_t2w, params.spacing_zyx)
     fixed = sitk.GetArrayFromImage(resample(pre_t2w, reference))
@@ -88,7 +90,7 @@ def plot_registration(pre_t2w: sitk.Image, post_t2w: sitk.Image, transform: sitk
     return fig
 
 
-def body_intensities(image: sitk.Image, params: pp.PreprocessParams, n4: bool = False,
+def body_intensities(image: sitk.Image, params: PreprocessParams, n4: bool = False,
                      sample: int = 20000) -> tuple[np.ndarray, np.ndarray]:
     """A fixed sample of body voxels before and after robust z-score normalisation."""
     if n4:
@@ -104,7 +106,7 @@ def body_intensities(image: sitk.Image, params: pp.PreprocessParams, n4: bool = 
 
 
 def plot_intensity_histograms(manifest: pd.DataFrame, patients: pd.DataFrame,
-                              params: pp.PreprocessParams,
+                              params: PreprocessParams,
                               sequences: Sequence[str] = ("T2W", "DWI")) -> plt.Figure:
     """Per-centre intensity histograms inside the body, before and after normalisation."""
     fig, axes = plt.subplots(len(sequences), 2, figsize=(8, 2.8 * len(sequences)), squeeze=False)
@@ -135,11 +137,9 @@ def plot_crop_montage(cache_files: Sequence[Path], sequences: Sequence[str] = ("
         cached = load_cached(path)
         z = tumour_slice(cached["mask_pre"])
         for ax, (timepoint, channel, name) in zip(row, columns, strict=True):
-            mask = cached[f"mask_{timepoint}"][z]
             title = f"{timepoint} {name}" if index == 0 else ""
-            _show(ax, cached[f"image_{timepoint}"][z, ..., channel], title)
-            if mask.any():
-                ax.contour(mask, levels=[0.5], colors="tab:red", linewidths=0.7)
+            show_slice(ax, cached[f"image_{timepoint}"][z, ..., channel],
+                       [(cached[f"mask_{timepoint}"][z], "tab:red")], title)
         row[0].text(-0.08, 0.5, Path(path).stem, transform=row[0].transAxes, rotation=90,
                     va="center", ha="right")
     fig.tight_layout()
@@ -163,7 +163,7 @@ def qc_summary(processed: pd.DataFrame) -> pd.DataFrame:
 
 
 def dwi_clip_comparison(manifest: pd.DataFrame, patient_ids: Sequence[str],
-                        params: pp.PreprocessParams,
+                        params: PreprocessParams,
                         old_clip: Sequence[float] = (0.5, 99.5)) -> pd.DataFrame:
     """Normalised post-treatment DWI inside the post-treatment tumour mask under the current
     clip rule and under the former percentile clip, for a few patients.

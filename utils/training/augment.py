@@ -21,7 +21,7 @@ from scipy import ndimage
 from utils.repro import derived_rng
 
 if TYPE_CHECKING:
-    from utils.training.dataset import PatientArrays
+    from utils.training.patients import PatientArrays
 
 
 @dataclass(frozen=True)

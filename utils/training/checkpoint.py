@@ -11,6 +11,24 @@ best epoch, the counters of the stateful callbacks (``ReduceLROnPlateau``, ``Ear
 :func:`restore` goes back to the newest commit whose files load; a truncated or unreadable
 file is skipped with a warning that names it, and the previous commit is used (or none: the
 run restarts). The two newest commits are kept.
+
+Why not ``keras.callbacks.BackupAndRestore`` (Keras 3): it backs up the model's weights
+(``latest.weights.h5``) and ``{"epoch", "batch"}`` only, and restores them in
+``on_train_begin``. A resumed run of this package would then differ from an uninterrupted one:
+
+- the counters of ``ReduceLROnPlateau``, ``EarlyStopping`` and ``ModelCheckpoint`` (best value,
+  epochs waited) are not saved, and Keras resets them when ``fit`` starts, so the learning-rate
+  halvings, the stopping epoch and the best model would change;
+- the dropout layers' seed-generator states are not restored, so the dropout masks after a
+  resume would differ (the bit-identical resume of tests/test_resume.py);
+- the weights file is overwritten in place and the metadata written after it, with no commit:
+  a crash between the two pairs new weights with the old epoch, and ``double_checkpoint`` only
+  falls back when loading raises ``OSError``, not on a truncated or mismatched pair;
+- it keeps no per-epoch or best model (the best epoch is the run's selected model), deletes
+  its backup at ``on_train_end``, and records neither the best epoch nor the training time.
+
+Building on it would mean replacing its save, its load and its file layout, so this module
+keeps Keras' ``ModelCheckpoint`` for the model files and adds the commit.
 """
 
 from __future__ import annotations

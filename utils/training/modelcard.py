@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from utils.config import Profile
+from utils.training.sampling import epoch_fraction
 
 if TYPE_CHECKING:
-    from utils.training.dataset import TrainData
+    from utils.training.config import TrainConfig
+    from utils.training.patients import TrainData
     from utils.training.readout import Readout
-    from utils.training.train import TrainConfig
 
 
 def run_name(variant: str, replica: int = 0) -> str:
@@ -45,14 +46,10 @@ def correct_prior(p: np.ndarray, train_fraction: float, prevalence: float) -> np
 def model_card(variant: str, profile: Profile, data: TrainData, cfg: TrainConfig, *,
                best_epoch: int, best_metric: float | None, epochs: int,
                readout: Readout | None = None) -> dict[str, Any]:
-    """What :mod:`utils.inference.predict` needs next to a model: grid, ROI and the prior correction.
+    """What :mod:`utils.inference.predict` needs next to a model: grid, ROI, prior correction.
 
     A refitted readout is fitted at the training cohort's own prevalence, so it needs no
     prior correction."""
-    from utils.training.dataset import (
-        epoch_fraction,  # here: this module stays importable without Keras
-    )
-
     fit_ids = data.ids("fit")
     labels = {p: data.arrays[p].pcr for p in fit_ids}
     return {"variant": variant, "seed": cfg.seed,

@@ -1,6 +1,6 @@
 """Stage 2 of training: a cross-validated logistic readout of the pCR head.
 
-Stage 1 (:mod:`utils.training.train`) trains the whole network, segmentation and pCR together. The
+Stage 1 (:mod:`utils.training.fit`) trains the whole network, segmentation and pCR together. The
 network's last layer is one sigmoid unit on the *head vector* (the tumour-guided features of
 :func:`utils.model.rpnet.build_rpnet`). Stage 2 refits that unit in closed form: an L2-penalised
 logistic regression on the head vectors of every training-cohort patient (unaugmented, the
@@ -13,7 +13,8 @@ pCR patients, after a few epochs on balanced batches, is neither converged nor c
 the logistic fit is both, at the natural prevalence (no prior correction needed), and its
 cross-validation uses all training patients instead of a 24-patient tune split.
 
-Every choice uses the training cohort only. The folds are saved (``results/folds.csv``),
+Every choice uses the training cohort only. The folds (:func:`utils.training.split.make_folds`)
+are saved (``results/folds.csv``),
 the out-of-fold probability of each training patient is the training-cohort score in
 ``predictions.csv`` (so operating points chosen on the training cohort are not in-sample
 for the readout), and the out-of-fold AUC of every penalty is kept in the model card.
@@ -28,46 +29,26 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from utils.measures import auc_or_nan as roc_auc
 from utils.measures import sigmoid
-from utils.repro import derive_seed
 
-K_FOLDS = 5
 C_GRID: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 1, 11))
 
 
-def make_folds(patients: pd.DataFrame, k: int = K_FOLDS, seed: int = 2021) -> pd.DataFrame:
-    """Stratified patient folds ``patient_id, fold`` (0..k-1) of the rows of ``patients``.
-
-    Within each pCR stratum, patients are ordered by a hash of (seed, id) and dealt to the
-    folds in turn, so the fold of a patient does not depend on row order.
-    """
-    if k < 2:
-        raise ValueError(f"k-fold cross-validation needs k >= 2, got {k}")
-    rows = []
-    offset = 0
-    for _, group in patients.groupby("pcr", sort=True):
-        ids = sorted(map(str, group["patient_id"]), key=lambda p: derive_seed(seed, "fold", p))
-        rows += [(pid, (offset + i) % k) for i, pid in enumerate(ids)]
-        offset += len(ids)
-    folds = pd.DataFrame(rows, columns=["patient_id", "fold"])
-    return folds.sort_values("patient_id").reset_index(drop=True)
-
-
-def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    return mean, np.where(scale > 1e-8, scale, 1.0)
-
-
 def fit_logistic(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:
-    """L2 logistic regression on standardised ``x``; coefficients for the *raw* features."""
-    mean, scale = _standardise(x)
-    model = LogisticRegression(C=c, max_iter=2000)
-    model.fit((x - mean) / scale, y)
-    coef = model.coef_[0] / scale
-    return coef, float(model.intercept_[0] - coef @ mean)
+    """L2 logistic regression on standardised ``x``: scikit-learn's
+    ``Pipeline(StandardScaler, LogisticRegression(C=c))``, returned as coefficients and
+    intercept for the *raw* features (``coef = w / scale``, ``intercept = b - coef @ mean``),
+    so that ``sigmoid(x @ coef + intercept)`` is the pipeline's probability and the pCR unit
+    can hold it (:func:`utils.model.rpnet.set_readout`). Constant features get scale 1."""
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+    pipeline.fit(x, y)
+    scaler, model = pipeline[0], pipeline[-1]
+    coef = model.coef_[0] / scaler.scale_
+    return coef, float(model.intercept_[0] - coef @ scaler.mean_)
 
 
 def out_of_fold(x: np.ndarray, y: np.ndarray, folds: np.ndarray, c: float) -> np.ndarray:

@@ -1,0 +1,89 @@
+"""Segmentation agreement per patient and its summary: Dice, HD95 and mean surface distance
+of each predicted mask against the cached ground-truth ROI mask
+(:func:`utils.evaluation.segmetrics.segmentation_metrics`), and medians [IQR] per cohort,
+model and time point."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from utils.config import TIMEPOINTS, cache_files, predicted_masks_file
+from utils.evaluation import segmetrics
+from utils.inference.batch import load_predicted_masks
+from utils.preprocessing.cache import load_cached
+
+SEGMENTATION_COLUMNS = ["model", "patient_id", "cohort", "timepoint", "dice", "hd95_mm",
+                        "msd_mm", "vol_pred_ml", "vol_true_ml"]
+
+
+def segmentation_table(masks_dir: str | Path | None, cache_dir: str | Path | None,
+                       patients: pd.DataFrame, models: Sequence[str] | None = None
+                       ) -> pd.DataFrame:
+    """Dice, HD95 and mean surface distance (mm) of each predicted mask against the cached
+    ground-truth ROI mask (:func:`utils.evaluation.segmetrics.segmentation_metrics`), per
+    model, patient and time point. Models default to the sub-folders of ``masks_dir`` (first
+    seed only); patients without a predicted mask or cache file are skipped (``None``
+    folders give an empty table)."""
+    if masks_dir is None or cache_dir is None or not Path(masks_dir).exists():
+        return pd.DataFrame(columns=SEGMENTATION_COLUMNS)
+    masks_dir, cache_dir = Path(masks_dir), Path(cache_dir)
+    if models is None:  # every variant's first replica (run folders ``<variant>_seed<k>``)
+        models = sorted(p.name for p in masks_dir.iterdir()
+                        if p.is_dir() and not re.search(r"_seed\d+$", p.name))
+    rows = []
+    for model in models:
+        for patient_id, cohort in zip(patients["patient_id"], patients["cohort"], strict=True):
+            pred_file, ref_file = predicted_masks_file(masks_dir, model, patient_id), (
+                cache_files(cache_dir, patient_id)["npz"])
+            if pred_file.exists() and ref_file.exists():
+                rows += _patient_segmentation(pred_file, ref_file, model, patient_id, cohort)
+    return pd.DataFrame(rows, columns=SEGMENTATION_COLUMNS)
+
+
+def _patient_segmentation(pred_file: Path, ref_file: Path, model: str, patient_id: str,
+                          cohort: str) -> list[dict]:
+    rows = []
+    pred, ref = load_predicted_masks(pred_file), load_cached(ref_file)
+    spacing = tuple(float(v) for v in ref["spacing_zyx"])
+    for timepoint in TIMEPOINTS:
+        key = f"mask_{timepoint}"
+        if key not in pred:
+            continue
+        m = segmetrics.segmentation_metrics(pred[key], ref[key], spacing)
+        rows.append({"model": model, "patient_id": patient_id, "cohort": cohort,
+                     "timepoint": timepoint, "dice": m["dice"], "hd95_mm": m["hd95_mm"],
+                     "msd_mm": m["msd_mm"], "vol_pred_ml": m["vol_a_ml"],
+                     "vol_true_ml": m["vol_b_ml"]})
+    return rows
+
+
+def _q(p: float):
+    def quantile(x: pd.Series) -> float:
+        return float(x.quantile(p)) if x.notna().any() else np.nan
+    quantile.__name__ = f"q{int(p * 100)}"
+    return quantile
+
+
+def segmentation_summary(seg: pd.DataFrame) -> pd.DataFrame:
+    """Per cohort, model and time point: n, Dice median [IQR] and mean, HD95 and MSD median
+    [IQR] over patients with a defined value, and how many HD95 are undefined (one mask
+    empty)."""
+    columns = ["cohort", "model", "timepoint", "n", "dice_median", "dice_q25", "dice_q75",
+               "dice_mean", "hd95_median", "hd95_q25", "hd95_q75", "hd95_undefined",
+               "msd_median", "msd_q25", "msd_q75"]
+    if seg.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = seg.groupby(["cohort", "model", "timepoint"], sort=False)
+    table = grouped.agg(
+        n=("dice", "size"), dice_median=("dice", "median"), dice_q25=("dice", _q(0.25)),
+        dice_q75=("dice", _q(0.75)), dice_mean=("dice", "mean"),
+        hd95_median=("hd95_mm", "median"), hd95_q25=("hd95_mm", _q(0.25)),
+        hd95_q75=("hd95_mm", _q(0.75)), hd95_undefined=("hd95_mm", lambda x: int(x.isna().sum())),
+        msd_median=("msd_mm", "median"), msd_q25=("msd_mm", _q(0.25)),
+        msd_q75=("msd_mm", _q(0.75))).reset_index()
+    return table[columns]
