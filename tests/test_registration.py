@@ -255,7 +255,7 @@ def test_prediction_cli_passes_the_registration_mode(monkeypatch, tmp_path):
              registration=None):
         seen["mode"] = registration
         return {"pcr_probability": 0.5, "roi_source": "given centre", "mask_pre": None,
-                "mask_post": None}
+                "mask_post": None, "reference_sequence": "T2W"}
 
     monkeypatch.setattr(pr, "predict_patient", fake)
     args = ["--pre", "T2W=a.nii", "--pre", "DWI=b.nii", "--post", "T2W=c.nii", "--post",
