@@ -23,7 +23,14 @@ import SimpleITK as sitk
 from utils.cohort.imageerrors import plain_itk_error
 from utils.cohort.manifest import cohort_sequences
 from utils.cohort.validate import require_valid
-from utils.config import Profile, as_profile, cache_files, get_paths, processed_csv
+from utils.config import (
+    Profile,
+    as_profile,
+    cache_files,
+    get_paths,
+    processed_csv,
+    with_overrides,
+)
 from utils.errors import InputError, PreprocessError
 from utils.io import checksum, write_json_atomic, write_text_atomic
 from utils.parallel import map_processes
@@ -181,7 +188,10 @@ def run_preprocessing(manifest_path: str | os.PathLike, out_dir: str | os.PathLi
     prof = as_profile(profile)
     params = params or PreprocessParams.from_profile(prof)
     workers = workers or os.cpu_count() or 1
-    df = require_valid(manifest_path, reference=params.reference_sequence, workers=workers)
+    checked = with_overrides(prof, spacing_zyx=tuple(params.spacing_zyx),
+                             roi_zyx=tuple(params.roi_zyx))  # the box and grid to be used
+    df = require_valid(manifest_path, reference=params.reference_sequence, workers=workers,
+                       profile=checked)
     params = dataclasses.replace(params, sequences=cohort_sequences(
         df, params.reference_sequence))
     out = Path(out_dir) if out_dir is not None else get_paths(prof.name).cache_dir
