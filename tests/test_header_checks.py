@@ -198,3 +198,62 @@ def test_empty_post_mask_of_a_complete_response_is_accepted_and_cached(cohort_co
     assert name in manifest.exam_files(manifest.load_manifest(cohort_copy), patient)["post"][
         "mask"]
     assert processed_csv(out).exists()
+
+
+def test_an_all_zero_post_target_gives_a_finite_loss():
+    from utils.model.losses import soft_dice_loss
+
+    target = np.zeros((1, 4, 4, 4, 1), np.float32)
+    loss = np.asarray(soft_dice_loss(target, target + 0.01))
+    assert np.all(np.isfinite(loss)) and 0 <= float(loss.max()) < 1
+
+
+# ---------------------------------------------------------------- a failure after check
+
+
+def test_a_patient_failing_in_preprocessing_leaves_no_cache_entry(cohort_copy, tmp_path):
+    """Check only warns of a tumour beyond the ROI box; preprocessing then fails that
+    patient alone: no arrays, no transform, no temporary file; its row says why."""
+    from utils.preprocessing.run import run_preprocessing
+
+    def oversized(pixels: np.ndarray) -> np.ndarray:
+        pixels[:, 10:80, 10:80] = 1
+        return pixels
+    _pixels("TR003", "pre_mask", oversized)(cohort_copy)
+    assert any("TR003" in m and "exceeds the profile's ROI box" in m
+               for m in warnings_of(cohort_copy))
+    out = tmp_path / "cache"
+    table = run_preprocessing(cohort_copy, out, tiny_profile(), workers=1,
+                              progress=False).set_index("patient_id")
+    assert table.loc["TR003", "status"] == "error"
+    assert "does not fit in the ROI box" in table.loc["TR003", "error"]
+    failed = cache_files(out, "TR003")
+    assert not failed["npz"].exists() and not failed["tfm"].exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left"
+    listed = pd.read_csv(processed_csv(out)).set_index("patient_id")
+    assert listed.loc["TR003", "status"] == "error" and pd.isna(listed.loc["TR003", "cache_file"])
+    others = [p for p in table.index if p != "TR003"]
+    assert (table.loc[others, "status"] == "ok").all()
+    assert all(cache_files(out, p)["npz"].exists() for p in others)
+
+
+def test_a_write_failing_half_way_leaves_no_entry(cohort_copy, tmp_path, monkeypatch):
+    from utils.cohort.manifest import cohort_sequences, load_manifest
+    from utils.io import save_npz_atomic
+    from utils.preprocessing import run
+    from utils.preprocessing.params import PreprocessParams
+
+    def npz_then_fail(pair, paths, row):
+        save_npz_atomic(paths["npz"], **pair.arrays())
+        raise OSError("disk full")
+    monkeypatch.setattr(run, "write_cache_entry", npz_then_fail)
+    table = load_manifest(cohort_copy)
+    rows = table[table["patient_id"] == "TR001"]
+    params = PreprocessParams.from_profile(tiny_profile(), sequences=cohort_sequences(table))
+    out = tmp_path / "cache"
+    out.mkdir()
+    start, key = run.check_cache(rows, params, out)
+    assert key is not None
+    row = run.compute_to_cache(rows, params, out, start)
+    assert row["status"] == "error" and "disk full" in row["error"]
+    assert list(out.iterdir()) == []
