@@ -18,7 +18,13 @@ from utils.cohort import manifest, validate
 
 
 def messages(path: Path) -> list[str]:
-    return [str(p) for p in validate.validate_manifest(path, workers=1)]
+    """The errors validation reports (warnings left out)."""
+    return [str(p) for p in validate.validate_manifest(path, workers=1) if not p.warning]
+
+
+def warnings_of(path: Path) -> list[str]:
+    """The warnings validation reports."""
+    return [str(p) for p in validate.validate_manifest(path, workers=1) if p.warning]
 
 
 def edit(path: Path, change) -> None:

@@ -195,8 +195,10 @@ def test_transform_round_trips_through_meta_and_file(pair, tmp_path):
 def test_failed_registration_is_an_error_naming_the_patient(exams):
     (pre, pre_mask, _), (post, post_mask, _) = exams["pre"], exams["post"]
     strict = dataclasses.replace(PARAMS, qc_max_rotation_deg=1.0)  # POST is rotated ~5 deg
-    with pytest.raises(RegistrationError, match="patient P-bad: registration QC failed"):
+    with pytest.raises(RegistrationError, match="patient P-bad: registration QC failed") as err:
         pp.preprocess_pair(pre, post, pre_mask, post_mask, strict, patient_id="P-bad")
+    assert registration.LIKELY_CAUSES in str(err.value)
+    assert "another patient (swapped file?)" in str(err.value)
 
 
 def test_flagged_registration_is_retried_with_the_fallback(exams, monkeypatch):

@@ -30,6 +30,9 @@ SEQUENCE_NAME = re.compile(r"[A-Za-z0-9_+-]+")
 REFERENCE_SEQUENCE = "T2W"
 TIMEPOINTS: tuple[str, ...] = ("pre", "post")
 COHORTS: tuple[str, ...] = ("training", "internal_validation", "external_validation")
+# training's class counts (utils.training.patients checks them; manifest check warns)
+K_FOLDS = 5  # folds of the readout; its folds and tune split want this many per class
+MIN_PER_CLASS = 1  # the readout's logistic fit needs both classes
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ after the same checks or raises (the prediction path). One patient:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from utils.cohort import dicom, imagecheck
+from utils.cohort import dicom, headercheck, imagecheck
 from utils.cohort.imageerrors import ImageFileError, plain_itk_error
 from utils.cohort.manifest import Problem, cell_text
-from utils.config import REFERENCE_SEQUENCE
-from utils.geometry import format_values, sequences_outside_reference
+from utils.config import REFERENCE_SEQUENCE, Profile
+from utils.geometry import format_values, reference_grid, sequences_outside_reference
 from utils.io import checksum
 from utils.parallel import map_processes
 
@@ -37,21 +37,32 @@ def check_file(file: str, expected_sha: str, mask: bool = False
     Returns the image (None when it cannot be used) and the problems found. An empty
     ``file`` (an empty path cell, reported by the table checks) gives ``(None, [])``;
     an empty ``expected_sha`` skips the checksum. A mask's labels are
-    :func:`mask_problems`'.
+    :func:`mask_problems`'. Warnings: :func:`inspect_checked`.
     """
+    image, problems, _ = inspect_checked(file, expected_sha, mask)
+    return image, problems
+
+
+def inspect_checked(file: str, expected_sha: str, mask: bool = False
+                    ) -> tuple[sitk.Image | None, list[str], list[str]]:
+    """:func:`check_file`'s image and problems, and the file's warnings (header geometry,
+    saturated voxels) that may be right."""
     if not file:
-        return None, []
+        return None, [], []
     path = Path(file)
     if not path.exists():
-        return None, ["file does not exist"]
+        return None, ["file does not exist"], []
     if expected_sha and checksum(path) != expected_sha:
-        return None, ["sha256 does not match the manifest (file changed or corrupt)"]
+        return None, ["sha256 does not match the manifest (file changed or corrupt)"], []
     try:
-        image, nonfinite = _read_with_checks(path)
+        image, nonfinite, warnings = _read_with_checks(path)
     except Exception as error:
         return None, [str(error) if isinstance(error, ImageFileError)
-                      else f"unreadable image: {plain_itk_error(error)}"]
-    return image, _voxel_problems(image, nonfinite, mask)
+                      else f"unreadable image: {plain_itk_error(error)}"], []
+    saturated = None if mask else headercheck.saturation_warning(
+        sitk.GetArrayViewFromImage(image))
+    return image, _voxel_problems(image, nonfinite, mask), warnings + (
+        [saturated] if saturated else [])
 
 
 def read_checked(file: str | os.PathLike, mask: bool = False) -> sitk.Image:
@@ -69,19 +80,21 @@ def read_checked(file: str | os.PathLike, mask: bool = False) -> sitk.Image:
     return image
 
 
-def _read_with_checks(path: Path) -> tuple[sitk.Image, int]:
-    """An image file or DICOM folder read after every header check, and its NaN/inf count
-    from the raw NIfTI data; raises :class:`~utils.cohort.imageerrors.ImageFileError`."""
+def _read_with_checks(path: Path) -> tuple[sitk.Image, int, list[str]]:
+    """An image file or DICOM folder read after every header check, its NaN/inf count
+    from the raw NIfTI data and its header warnings; raises
+    :class:`~utils.cohort.imageerrors.ImageFileError`."""
+    warnings: list[str] = []
     if path.is_dir():
         image, nonfinite = imagecheck.strip_metadata(dicom.read_dicom_series(path)), 0
     else:
         info = imagecheck.inspect_file(path, count_nonfinite=True)
         imagecheck.require_scalar_volume(info.dimension, info.size, info.components)
         image = imagecheck.strip_metadata(imagecheck.read_file(path))
-        nonfinite = info.nonfinite
+        nonfinite, warnings = info.nonfinite, list(info.warnings)
     imagecheck.require_scalar_volume(image.GetDimension(), image.GetSize(),
                                      image.GetNumberOfComponentsPerPixel())
-    return image, nonfinite
+    return image, nonfinite, warnings
 
 
 def _voxel_problems(image: sitk.Image, nonfinite: int, mask: bool) -> list[str]:
@@ -96,13 +109,45 @@ def _voxel_problems(image: sitk.Image, nonfinite: int, mask: bool) -> list[str]:
 
 def mask_problems(mask: sitk.Image, empty_ok: bool = False) -> list[str]:
     """Labels 0 and 1, or 0 and 255 (both read as tumour where > 0), and not empty
-    (unless ``empty_ok``)."""
+    (unless ``empty_ok``: a post-treatment mask of a complete response may be empty)."""
     pixels = sitk.GetArrayViewFromImage(mask)
     if problem := imagecheck.mask_problem(pixels):
         return [problem]
     if not empty_ok and not np.any(pixels > 0):
-        return ["mask is empty (no tumour voxel)"]
+        return ["pre-treatment mask is empty (no tumour voxel): the ROI is placed on the "
+                "pre-treatment tumour, so it must be outlined"]
     return []
+
+
+def mask_warnings(mask: sitk.Image, roi_mm_zyx: Sequence[float] | None) -> list[str]:
+    """A tumour larger than the profile's ROI box (in mm), or touching the volume's edge."""
+    pixels = sitk.GetArrayViewFromImage(mask)
+    if not np.any(pixels > 0):
+        return []
+    index = np.argwhere(pixels > 0)
+    lo, hi = index.min(axis=0), index.max(axis=0)
+    extent = (hi - lo + 1) * np.asarray(mask.GetSpacing()[::-1])
+    found = []
+    if roi_mm_zyx is not None and np.any(extent > np.asarray(roi_mm_zyx)):
+        found.append(f"tumour extent {format_values(extent.round(1))} mm (z, y, x) exceeds "
+                     f"the profile's ROI box {format_values(roi_mm_zyx)} mm: preprocessing "
+                     "will refuse it (a larger-ROI profile, or a wrong mask?)")
+    if np.any(lo == 0) or np.any(hi == np.asarray(pixels.shape) - 1):
+        found.append("mask touches the edge of the volume: the tumour may extend outside "
+                     "the field of view")
+    return found
+
+
+def grid_problems(image: sitk.Image, spacing_zyx: Sequence[float] | None) -> list[str]:
+    """A reference image that, at the profile's spacing, is thinner than
+    :data:`~utils.cohort.headercheck.MIN_SLICES` voxels along an axis."""
+    if spacing_zyx is None:
+        return []
+    size = reference_grid(image, spacing_zyx).GetSize()
+    return [f"field of view of {image.GetSize()[a] * image.GetSpacing()[a]:g} mm along "
+            f"{headercheck.AXES[a]} is {size[a]} voxel(s) at the profile's "
+            f"{spacing_zyx[::-1][a]:g} mm spacing: registration needs at least "
+            f"{headercheck.MIN_SLICES}" for a in range(3) if size[a] < headercheck.MIN_SLICES]
 
 
 def geometry_problems(image: sitk.Image, mask: sitk.Image) -> list[str]:
@@ -122,10 +167,12 @@ def geometry_problems(image: sitk.Image, mask: sitk.Image) -> list[str]:
 
 
 def check_all_files(manifest: pd.DataFrame, workers: int | None = None,
-                    reference: str = REFERENCE_SEQUENCE) -> list[Problem]:
-    """File checks (existence, checksum, readability, geometry), one patient per task."""
+                    reference: str = REFERENCE_SEQUENCE, profile: Profile | None = None
+                    ) -> list[Problem]:
+    """File checks (existence, checksum, readability, geometry), one patient per task;
+    with a ``profile``, also against its ROI box and spacing."""
     groups = [rows for _, rows in manifest.groupby("patient_id", sort=False)]
-    check = partial(check_patient_files, reference=reference)
+    check = partial(check_patient_files, reference=reference, profile=profile)
     results = map_processes(check, groups, workers, chunksize=4)
     return [p for result in results for p in result] + duplicate_images(manifest)
 
@@ -167,27 +214,38 @@ def _duplicate(manifest: pd.DataFrame, earlier: int, position: int) -> list[Prob
                     patient_id=cell_text(row["patient_id"]), file=str(row["image_file"]))]
 
 
-def check_patient_files(rows: pd.DataFrame, reference: str = REFERENCE_SEQUENCE
-                        ) -> list[Problem]:
-    """Every file of one patient, each image/mask pair's geometry and each exam's overlap."""
+def check_patient_files(rows: pd.DataFrame, reference: str = REFERENCE_SEQUENCE,
+                        profile: Profile | None = None) -> list[Problem]:
+    """Every file of one patient, each image/mask pair's geometry and each exam's overlap;
+    with a ``profile``, the reference grid's thickness and each tumour against its ROI box.
+    An empty mask is refused for the pre exam only."""
     problems: list[Problem] = []
     masks: dict[str, tuple[int, sitk.Image | None]] = {}
     exams: dict[str, dict[str, tuple[sitk.Image, dict]]] = {}
+    spacing = None if profile is None else tuple(profile.spacing_zyx)
+    roi_mm = None if profile is None else tuple(
+        float(n * s) for n, s in zip(profile.roi_zyx, profile.spacing_zyx, strict=True))
     for i, row in rows.iterrows():
         where = {"row": int(i) + 1, "patient_id": cell_text(row["patient_id"])}
-        image, found = check_file(row["image_file"], cell_text(row["image_sha256"]))
+        image, found, warned = inspect_checked(row["image_file"], cell_text(row["image_sha256"]))
+        reference_row = row["sequence"] == reference
+        found += grid_problems(image, spacing) if image is not None and reference_row else []
         problems += _located(found, row["image_file"], where)
+        problems += _located(warned, row["image_file"], where, warning=True)
         if image is not None:
             exams.setdefault(cell_text(row["timepoint"]), {})[cell_text(row["sequence"])] = (
                 image, {**where, "file": row["image_file"]})
         if row["mask_file"] not in masks:
-            mask, found = check_file(row["mask_file"], cell_text(row["mask_sha256"]),
-                                     mask=True)
-            found += mask_problems(mask) if mask else []
+            mask, found, warned = inspect_checked(row["mask_file"],
+                                                  cell_text(row["mask_sha256"]), mask=True)
+            if mask is not None:
+                found += mask_problems(mask, empty_ok=row["timepoint"] == "post")
+                warned += mask_warnings(mask, roi_mm) if not found else []
             problems += _located(found, row["mask_file"], where)
+            problems += _located(warned, row["mask_file"], where, warning=True)
             masks[row["mask_file"]] = (int(i) + 1, mask)
         mask = masks[row["mask_file"]][1]
-        if row["sequence"] == reference and image is not None and mask is not None:
+        if reference_row and image is not None and mask is not None:
             problems += _located(geometry_problems(image, mask), row["mask_file"], where)
     for timepoint, exam in exams.items():
         problems += _check_overlap(exam, reference, timepoint)
@@ -205,6 +263,7 @@ def _check_overlap(exam: dict[str, tuple[sitk.Image, dict]], reference: str, tim
             for name in sorted(apart)]
 
 
-def _located(messages: Iterable[str], file: str, where: dict) -> list[Problem]:
-    """Problems of one file, located at its row and patient."""
-    return [Problem(message, file=file, **where) for message in messages]
+def _located(messages: Iterable[str], file: str, where: dict, warning: bool = False
+             ) -> list[Problem]:
+    """Problems (or warnings) of one file, located at its row and patient."""
+    return [Problem(message, file=file, warning=warning, **where) for message in messages]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from utils.cohort.headercheck import geometry_checks, require_slices
 from utils.cohort.imageerrors import ImageFileError, plain_itk_error
 from utils.cohort.voxeldata import data_layout, scan_data
 
@@ -28,12 +29,14 @@ MAX_VOXELS_ENV = "RPNET_MAX_VOXELS"  # overrides MAX_VOXELS (an integer)
 
 @dataclass(frozen=True)
 class FileInfo:
-    """What a header says, and the NaN/inf count when it was asked for."""
+    """What a header says, the NaN/inf count when it was asked for, and the header's
+    warnings (:func:`utils.cohort.headercheck.geometry_checks`)."""
 
     dimension: int
     size: tuple[int, ...]
     components: int
     nonfinite: int = 0
+    warnings: tuple[str, ...] = ()
 
 
 def max_voxels(limit: int | None = None) -> int:
@@ -73,8 +76,10 @@ def read_header(path: Path) -> sitk.ImageFileReader:
 
 def inspect_file(path: str | os.PathLike, limit: int | None = None,
                  count_nonfinite: bool = False) -> FileInfo:
-    """Header facts of one image file, after refusing a voxel count over the limit and
-    voxel data shorter than the header declares (NIfTI, MHA/MHD, raw or gzip NRRD).
+    """Header facts of one image file, after refusing a voxel count over the limit, a
+    zero, negative or NaN spacing, a sheared direction matrix
+    (:func:`utils.cohort.headercheck.geometry_checks`) and voxel data shorter than the
+    header declares (NIfTI, MHA/MHD, raw or gzip NRRD).
 
     ``count_nonfinite`` also counts NaN/inf voxels of floating-point NIfTI data (ITK's
     NIfTI reader turns NaN into 0), in the same streaming pass.
@@ -83,7 +88,9 @@ def inspect_file(path: str | os.PathLike, limit: int | None = None,
     reader = read_header(path)
     size = tuple(int(s) for s in reader.GetSize())
     require_voxel_limit(size, limit)
-    info = FileInfo(reader.GetDimension(), size, reader.GetNumberOfComponents())
+    warnings = tuple(geometry_checks(path, reader))
+    info = FileInfo(reader.GetDimension(), size, reader.GetNumberOfComponents(),
+                    warnings=warnings)
     layout = data_layout(path, reader)
     if layout is None:
         return info
@@ -92,7 +99,7 @@ def inspect_file(path: str | os.PathLike, limit: int | None = None,
         raise ImageFileError(
             f"truncated image data: the header declares {layout.expected:,} bytes of voxels, "
             f"{layout.file.name} holds {found:,} (file cut short?)")
-    return FileInfo(info.dimension, size, info.components, nonfinite)
+    return FileInfo(info.dimension, size, info.components, nonfinite, warnings)
 
 
 def strip_metadata(image: sitk.Image) -> sitk.Image:
@@ -111,7 +118,9 @@ def read_file(path: str | os.PathLike) -> sitk.Image:
 
 
 def require_scalar_volume(dimension: int, size: Sequence[int], components: int) -> None:
-    """Refuse a 2-D, 4-D or vector-valued image: a scan here is one scalar 3-D volume."""
+    """Refuse a 2-D, 4-D or vector-valued image, or one thinner than
+    :data:`~utils.cohort.headercheck.MIN_SLICES` voxels along an axis: a scan here is one
+    scalar 3-D volume."""
     shape = " x ".join(str(int(s)) for s in size)
     if dimension != 3:
         raise ImageFileError(f"{dimension}-D image (size {shape}): expected a 3-D volume"
@@ -119,6 +128,7 @@ def require_scalar_volume(dimension: int, size: Sequence[int], components: int) 
     if components != 1:
         raise ImageFileError(f"vector image with {components} components per voxel (e.g. RGB "
                              "or a diffusion series): expected one value per voxel")
+    require_slices(size)
 
 
 def content_problem(pixels: np.ndarray) -> str | None:

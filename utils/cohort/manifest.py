@@ -49,19 +49,27 @@ PATIENT_COLUMNS = ["patient_id", "cohort", "centre", "pcr", *MARKERS]
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a manifest, located as precisely as possible."""
+    """One thing wrong with a manifest, located as precisely as possible. A ``warning``
+    (printed as ``warning: ...``) may be right and does not make the manifest invalid."""
 
     message: str
     row: int | None = None  # 1-based data row of the CSV (header excluded)
     patient_id: str | None = None
     file: str | None = None
+    warning: bool = False
 
     def __str__(self) -> str:
         where = [f"row {self.row}" if self.row else None,
                  f"patient {self.patient_id}" if self.patient_id else None,
                  f"file {self.file}" if self.file else None]
         located = ", ".join(w for w in where if w)
-        return f"{located}: {self.message}" if located else self.message
+        text = f"{located}: {self.message}" if located else self.message
+        return f"warning: {text}" if self.warning else text
+
+
+def errors_of(problems: Sequence[Problem]) -> list[Problem]:
+    """The problems that make a manifest invalid (not the warnings)."""
+    return [p for p in problems if not p.warning]
 
 
 class ManifestError(ValueError):

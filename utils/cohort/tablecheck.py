@@ -12,7 +12,14 @@ import numpy as np
 import pandas as pd
 
 from utils.cohort.manifest import COLUMNS, MARKERS, SAFE_ID, Problem, cell_text
-from utils.config import COHORTS, REFERENCE_SEQUENCE, SEQUENCE_NAME, TIMEPOINTS
+from utils.config import (
+    COHORTS,
+    K_FOLDS,
+    MIN_PER_CLASS,
+    REFERENCE_SEQUENCE,
+    SEQUENCE_NAME,
+    TIMEPOINTS,
+)
 
 
 def check_columns(table: pd.DataFrame) -> list[Problem]:
@@ -123,6 +130,24 @@ def _patient_design(patient_id: str, rows: pd.DataFrame) -> list[Problem]:
             problems.append(Problem(f"{timepoint} exam lists more than one mask",
                                     patient_id=patient_id))
     return problems
+
+
+def class_count_warnings(table: pd.DataFrame) -> list[Problem]:
+    """A warning when the training cohort has fewer than ``K_FOLDS`` patients of a class
+    (training refuses fewer than ``MIN_PER_CLASS``; preprocessing alone is fine)."""
+    training = table[table["cohort"] == "training"].drop_duplicates("patient_id")
+    if training.empty:
+        return []
+    labels = [_as_label(v) for v in training["pcr"]]
+    counts = {name: labels.count(value) for name, value in (("pCR", 1), ("non-pCR", 0))}
+    if min(counts.values()) >= K_FOLDS:
+        return []
+    refused = (" (training would refuse it)" if min(counts.values()) < MIN_PER_CLASS
+               else "")
+    return [Problem(f"the training cohort has {counts['pCR']} pCR and {counts['non-pCR']} "
+                    f"non-pCR patient(s){refused}: training needs at least {MIN_PER_CLASS} "
+                    f"of each class, and {K_FOLDS} of each for its {K_FOLDS}-fold readout "
+                    "and tune split; preprocessing alone is fine", warning=True)]
 
 
 def _as_label(value: object) -> int | None:

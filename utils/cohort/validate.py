@@ -2,30 +2,48 @@
 
 ``python -m utils.cohort.validate {check,hash,schema} PATH`` (or ``python -m
 utils.manifest``): ``check`` prints every problem, each naming the row, the patient and the
-file, and exits non-zero; ``hash`` fills the checksum columns; ``schema`` lists the columns.
+file, and exits non-zero; warnings (``warning: ...``, things that may be right) are printed
+too but leave the exit status 0. ``hash`` fills the checksum columns; ``schema`` lists the
+columns. ``check --profile NAME`` (default ``$RPNET_PROFILE``) judges each tumour against
+that profile's ROI box and the reference grids against its spacing.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from utils.cohort.filecheck import check_all_files
-from utils.cohort.manifest import COLUMNS, ManifestError, Problem, fill_checksums, load_manifest
-from utils.cohort.tablecheck import check_columns, check_design, check_values
-from utils.config import REFERENCE_SEQUENCE
+from utils.cohort.manifest import (
+    COLUMNS,
+    ManifestError,
+    Problem,
+    errors_of,
+    fill_checksums,
+    load_manifest,
+)
+from utils.cohort.tablecheck import (
+    check_columns,
+    check_design,
+    check_values,
+    class_count_warnings,
+)
+from utils.config import PROFILES, REFERENCE_SEQUENCE, Profile, as_profile
 
 
 def validate_manifest(path: str | os.PathLike, check_files: bool = True,
-                      workers: int | None = None, reference: str = REFERENCE_SEQUENCE
-                      ) -> list[Problem]:
-    """Every problem with the manifest at ``path`` (an empty list means valid).
+                      workers: int | None = None, reference: str = REFERENCE_SEQUENCE,
+                      profile: Profile | str | None = None) -> list[Problem]:
+    """Every problem with the manifest at ``path``, warnings included (``Problem.warning``;
+    no problem but warnings means valid, :func:`utils.cohort.manifest.errors_of`).
 
-    ``reference`` names the sequence whose grid the masks and the preprocessing follow.
+    ``reference`` names the sequence whose grid the masks and the preprocessing follow;
+    ``profile`` (default ``$RPNET_PROFILE``) gives the ROI box and spacing checked against.
     """
     path = Path(path)
     if not path.exists():
@@ -38,19 +56,24 @@ def validate_manifest(path: str | os.PathLike, check_files: bool = True,
     if problems:
         return problems
     problems += check_values(table) + check_design(table, reference)
+    problems += class_count_warnings(table)
     if check_files:
-        problems += check_all_files(load_manifest(path), workers, reference)
+        problems += check_all_files(load_manifest(path), workers, reference,
+                                    as_profile(profile))
     return problems
 
 
 def require_valid(path: str | os.PathLike, check_files: bool = True,
-                  reference: str = REFERENCE_SEQUENCE, workers: int | None = None
-                  ) -> pd.DataFrame:
-    """Validate, raise :class:`ManifestError` listing every problem, else load."""
+                  reference: str = REFERENCE_SEQUENCE, workers: int | None = None,
+                  profile: Profile | str | None = None) -> pd.DataFrame:
+    """Validate, raise :class:`ManifestError` listing every error, else print the
+    warnings (stderr) and load."""
     problems = validate_manifest(path, check_files=check_files, workers=workers,
-                                 reference=reference)
-    if problems:
-        raise ManifestError(Path(path), problems)
+                                 reference=reference, profile=profile)
+    if errors := errors_of(problems):
+        raise ManifestError(Path(path), errors)
+    for problem in problems:
+        print(problem, file=sys.stderr)
     return load_manifest(path)
 
 
@@ -62,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-files", action="store_true", help="check the table only")
     parser.add_argument("--reference-sequence", default=REFERENCE_SEQUENCE,
                         help="the sequence whose grid masks follow (default %(default)s)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                        help="ROI box and spacing to check against (default $RPNET_PROFILE)")
     args = parser.parse_args(argv)
     if args.command == "schema":
         print("\n".join(f"{name:>13}  {text}" for name, text in COLUMNS.items()))
@@ -70,14 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote checksums into {fill_checksums(args.path)}")
         return 0
     problems = validate_manifest(args.path, check_files=not args.no_files,
-                                 reference=args.reference_sequence)
+                                 reference=args.reference_sequence, profile=args.profile)
     for problem in problems:
         print(problem)
-    table = pd.read_csv(args.path) if not problems else None
-    if problems:
-        print(f"{args.path}: {len(problems)} problem(s)")
+    errors, warned = len(errors_of(problems)), len(problems) - len(errors_of(problems))
+    if errors:
+        print(f"{args.path}: {errors} problem(s), {warned} warning(s)")
         return 1
-    print(f"{args.path}: OK ({table['patient_id'].nunique()} patients, {len(table)} images)")
+    table = pd.read_csv(args.path)
+    print(f"{args.path}: OK ({table['patient_id'].nunique()} patients, {len(table)} images"
+          + (f"; {warned} warning(s))" if warned else ")"))
     return 0
 
 

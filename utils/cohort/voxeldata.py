@@ -60,15 +60,44 @@ def _component_bytes(pixel_id: int) -> int | None:
 NIFTI_FLOATS = {16: "f4", 64: "f8"}
 
 
+def _nifti_bytes(path: Path) -> bytes:
+    """The first 540 bytes of a ``.nii`` or ``.nii.gz`` file (a NIfTI-2 header's length)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            return handle.read(540)
+    except (OSError, EOFError, zlib.error) as error:
+        raise ImageFileError(f"unreadable or truncated image: header ({error})") from error
+
+
+@dataclass(frozen=True)
+class NiftiGeometry:
+    """The geometry fields of a NIfTI-1 header, as written (before ITK's defaults)."""
+
+    pixdim: tuple[float, float, float]  # pixdim[1..3], mm
+    qform_code: int
+    sform_code: int
+    srow: np.ndarray  # 3 x 4 affine of the sform
+
+
+def nifti_geometry(path: Path) -> NiftiGeometry | None:
+    """pixdim[1..3], qform_code, sform_code and the sform of a NIfTI-1 single file (either
+    byte order), or None for another header (NIfTI-2, a damaged header)."""
+    raw = _nifti_bytes(path)
+    for endian in "<>":
+        if len(raw) >= 348 and int(np.frombuffer(raw[:4], f"{endian}i4")[0]) == 348 \
+                and raw[344:348] in (b"n+1\0", b"ni1\0"):
+            pixdim = np.frombuffer(raw[76:108], f"{endian}f4").astype(float)
+            qform, sform = np.frombuffer(raw[252:256], f"{endian}i2").astype(int)
+            srow = np.frombuffer(raw[280:328], f"{endian}f4").astype(float).reshape(3, 4)
+            return NiftiGeometry(tuple(pixdim[1:4]), int(qform), int(sform), srow)
+    return None
+
+
 def nifti_layout(path: Path) -> DataLayout | None:
     """NIfTI-1 or NIfTI-2 single file (``.nii``/``.nii.gz``) from its raw header."""
     compressed = path.name.lower().endswith(".gz")
-    opener = gzip.open if compressed else open
-    try:
-        with opener(path, "rb") as handle:
-            raw = handle.read(540)
-    except (OSError, EOFError, zlib.error) as error:
-        raise ImageFileError(f"unreadable or truncated image: header ({error})") from error
+    raw = _nifti_bytes(path)
     for endian in "<>":
         fields = _nifti_fields(raw, endian)
         if fields is not None:

@@ -1,7 +1,12 @@
 """Segmentation agreement per patient and its summary: Dice, HD95 and mean surface distance
 of each predicted mask against the cached ground-truth ROI mask
 (:func:`utils.evaluation.segmetrics.segmentation_metrics`), and medians [IQR] per cohort,
-model and time point."""
+model and time point.
+
+An empty reference (a complete response's post-treatment mask may hold no tumour) is
+scored, never dropped: prediction also empty -> Dice 1, HD95 and MSD 0; prediction not
+empty -> Dice 0, HD95 and MSD NaN (no surface to measure to; counted in the summary's
+``hd95_undefined``). Such rows are marked ``reference_empty``."""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from utils.inference.batch import load_predicted_masks
 from utils.preprocessing.cache import load_cached
 
 SEGMENTATION_COLUMNS = ["model", "patient_id", "cohort", "timepoint", "dice", "hd95_mm",
-                        "msd_mm", "vol_pred_ml", "vol_true_ml"]
+                        "msd_mm", "vol_pred_ml", "vol_true_ml", "reference_empty"]
 
 
 def segmentation_table(masks_dir: str | Path | None, cache_dir: str | Path | None,
@@ -58,7 +63,8 @@ def _patient_segmentation(pred_file: Path, ref_file: Path, model: str, patient_i
         rows.append({"model": model, "patient_id": patient_id, "cohort": cohort,
                      "timepoint": timepoint, "dice": m["dice"], "hd95_mm": m["hd95_mm"],
                      "msd_mm": m["msd_mm"], "vol_pred_ml": m["vol_a_ml"],
-                     "vol_true_ml": m["vol_b_ml"]})
+                     "vol_true_ml": m["vol_b_ml"],
+                     "reference_empty": not bool(np.any(ref[key] > 0))})
     return rows
 
 

@@ -303,6 +303,11 @@ def _quality(evaluate: Evaluator, initial: sitk.Euler3DTransform,
                     **transform_summary(chosen, initial)}
 
 
+# what a failed registration QC most often means, said with its error
+LIKELY_CAUSES = ("likely causes: the post exam belongs to another patient (swapped file?), "
+                 "an intensity-inverted or saturated image, or a very different field of view")
+
+
 def register_exams(patient_id: str, pre: Mapping[str, Any], post: Mapping[str, Any],
                    params: PreprocessParams, threads: int = 1, check: bool = True,
                    local: sitk.Image | None = None, files: Mapping[str, Any] | None = None
@@ -335,5 +340,6 @@ def register_exams(patient_id: str, pre: Mapping[str, Any], post: Mapping[str, A
         failed.append(qc["flags"])
     qc.update(mode=mode, status="failed" if qc["flags"] else "ok")
     if qc["flags"] and mode == "strict":
-        raise names.error("registration QC failed: " + "; ".join(qc["flags"]))
+        raise names.error("registration QC failed: " + "; ".join(qc["flags"]) + "; "
+                          + LIKELY_CAUSES)
     return tx, qc

@@ -4,6 +4,15 @@ Per patient: hash the inputs and reuse a verified entry (:mod:`utils.preprocessi
 or preprocess (:func:`utils.preprocessing.pipeline.preprocess_patient`) and write the
 entry. Patients run on a process pool (:func:`utils.parallel.map_processes`, spawn context,
 one ITK thread per worker). Writes ``processed.csv``, one QC row per patient.
+
+What a failed patient leaves (the others are cached as usual): its ``processed.csv`` row
+with ``status="error"`` and the cause, never arrays or a transform. A known preprocessing
+error (:class:`~utils.errors.PreprocessError`, e.g. registration QC or an ROI that does
+not fit) also leaves the ``<patient>.json`` sidecar holding that row, so a re-run with the
+same inputs and parameters reports it without recomputing; an unexpected error leaves
+nothing (a re-run retries). A write that fails half-way removes the entry's arrays and
+transform; temporary files are renamed into place or removed (:mod:`utils.io`), and those
+of a killed run are deleted at the start of the next.
 """
 
 from __future__ import annotations
@@ -23,7 +32,14 @@ import SimpleITK as sitk
 from utils.cohort.imageerrors import plain_itk_error
 from utils.cohort.manifest import cohort_sequences
 from utils.cohort.validate import require_valid
-from utils.config import Profile, as_profile, cache_files, get_paths, processed_csv
+from utils.config import (
+    Profile,
+    as_profile,
+    cache_files,
+    get_paths,
+    processed_csv,
+    with_overrides,
+)
 from utils.errors import InputError, PreprocessError
 from utils.io import checksum, write_json_atomic, write_text_atomic
 from utils.parallel import map_processes
@@ -109,7 +125,7 @@ def compute_to_cache(patient_rows: pd.DataFrame, params: PreprocessParams,
         pair.meta["cache_key"] = row["cache_key"]
         row.update(status="ok", error_type="", error="", cache_file=paths["npz"].name,
                    **_qc_row(pair))
-        write_cache_entry(pair, paths, row)
+        _write_whole_entry(pair, paths, row)
         row["step_seconds"] = json.dumps(pair.timing_s)
     except PreprocessError as exc:
         row.update(status="error", error_type=type(exc).__name__, error=str(exc))
@@ -120,6 +136,17 @@ def compute_to_cache(patient_rows: pd.DataFrame, params: PreprocessParams,
         row.update(status="error", error_type=type(exc).__name__,
                    error=f"patient {patient_id}: unexpected {detail}")
     return {**row, "cached": False, "seconds": time.perf_counter() - t0}
+
+
+def _write_whole_entry(pair: PreprocessedPair, paths: dict[str, Path], row: dict[str, Any]
+                       ) -> None:
+    """:func:`write_cache_entry`, or no entry at all: a failed write removes its files."""
+    try:
+        write_cache_entry(pair, paths, row)
+    except BaseException:
+        for kind in ("npz", "tfm", "sidecar"):
+            paths[kind].unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------------- a whole cohort
@@ -181,7 +208,10 @@ def run_preprocessing(manifest_path: str | os.PathLike, out_dir: str | os.PathLi
     prof = as_profile(profile)
     params = params or PreprocessParams.from_profile(prof)
     workers = workers or os.cpu_count() or 1
-    df = require_valid(manifest_path, reference=params.reference_sequence, workers=workers)
+    checked = with_overrides(prof, spacing_zyx=tuple(params.spacing_zyx),
+                             roi_zyx=tuple(params.roi_zyx))  # the box and grid to be used
+    df = require_valid(manifest_path, reference=params.reference_sequence, workers=workers,
+                       profile=checked)
     params = dataclasses.replace(params, sequences=cohort_sequences(
         df, params.reference_sequence))
     out = Path(out_dir) if out_dir is not None else get_paths(prof.name).cache_dir

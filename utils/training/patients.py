@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from utils.config import SEQUENCES, Paths, Profile, as_profile, cache_files, processed_csv
+from utils.config import (
+    MIN_PER_CLASS,
+    SEQUENCES,
+    Paths,
+    Profile,
+    as_profile,
+    cache_files,
+    processed_csv,
+)
 from utils.io import write_atomic
 from utils.preprocessing.cache import CACHE_ARRAYS, CacheError, load_cached
 from utils.training.split import (
@@ -28,8 +36,6 @@ from utils.training.split import (
     require_training_only,
     save_split,
 )
-
-MIN_PER_CLASS = 1  # the readout's logistic fit needs both classes
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from utils.config import K_FOLDS
 from utils.io import write_atomic
 from utils.repro import derive_seed
-
-K_FOLDS = 5
 
 
 def hash_ordered_strata(patients: pd.DataFrame, seed: int, purpose: str) -> list[list[str]]:
