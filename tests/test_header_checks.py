@@ -175,6 +175,25 @@ def test_too_few_training_patients_per_class_is_a_warning_and_check_passes(cohor
     assert "warning: the training cohort" in capsys.readouterr().err
 
 
+def test_loading_prints_a_few_warnings_with_relative_files_and_counts_the_rest(cohort_copy,
+                                                                              capsys):
+    def at_edge(pixels: np.ndarray) -> np.ndarray:
+        pixels[0, 0, 0] = 1
+        return pixels
+    for patient in ("TR001", "TR002", "IV001", "EV001", "EV002"):
+        _pixels(patient, "post_mask", at_edge)(cohort_copy)
+    every = validate.validate_manifest(cohort_copy, workers=1)
+    assert len(every) > validate.MAX_SHOWN_WARNINGS and all(p.warning for p in every)
+    validate.require_valid(cohort_copy, workers=1)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:-1] == [str(p).replace(f"{cohort_copy.parent}/", "")
+                          for p in every[:validate.MAX_SHOWN_WARNINGS]]
+    assert str(cohort_copy.parent) not in "\n".join(lines)  # files relative to the manifest
+    hidden = len(every) - validate.MAX_SHOWN_WARNINGS
+    assert lines[-1].startswith(f"... and {hidden} more warning(s)")
+    assert f"validate check {cohort_copy.name}" in lines[-1]
+
+
 # ---------------------------------------------------------------- an empty post mask
 
 

@@ -131,7 +131,7 @@ def mask_warnings(mask: sitk.Image, roi_mm_zyx: Sequence[float] | None) -> list[
     if roi_mm_zyx is not None and np.any(extent > np.asarray(roi_mm_zyx)):
         found.append(f"tumour extent {format_values(extent.round(1))} mm (z, y, x) exceeds "
                      f"the profile's ROI box {format_values(roi_mm_zyx)} mm: preprocessing "
-                     "will refuse it (a larger-ROI profile, or a wrong mask?)")
+                     "may refuse it (a larger-ROI profile, or a wrong mask?)")
     if np.any(lo == 0) or np.any(hi == np.asarray(pixels.shape) - 1):
         found.append("mask touches the edge of the volume: the tumour may extend outside "
                      "the field of view")

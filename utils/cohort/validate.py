@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +35,8 @@ from utils.cohort.tablecheck import (
     class_count_warnings,
 )
 from utils.config import PROFILES, REFERENCE_SEQUENCE, Profile, as_profile
+
+MAX_SHOWN_WARNINGS = 3  # require_valid prints these many warnings, then a count
 
 
 def validate_manifest(path: str | os.PathLike, check_files: bool = True,
@@ -72,9 +75,31 @@ def require_valid(path: str | os.PathLike, check_files: bool = True,
                                  reference=reference, profile=profile)
     if errors := errors_of(problems):
         raise ManifestError(Path(path), errors)
-    for problem in problems:
-        print(problem, file=sys.stderr)
+    if problems:
+        print(warning_summary(path, problems), file=sys.stderr)
     return load_manifest(path)
+
+
+def warning_summary(path: str | os.PathLike, warnings: Sequence[Problem],
+                    shown: int = MAX_SHOWN_WARNINGS) -> str:
+    """The first ``shown`` warnings (files relative to the manifest's folder) and a count of
+    the rest, which ``check`` lists in full."""
+    base = Path(path).resolve().parent
+    lines = [str(replace(w, file=_relative(w.file, base))) for w in warnings[:shown]]
+    if len(warnings) > shown:
+        lines.append(f"... and {len(warnings) - shown} more warning(s): "
+                     f"python -m utils.cohort.validate check {Path(path).name} lists them all")
+    return "\n".join(lines)
+
+
+def _relative(file: str | None, base: Path) -> str | None:
+    """``file`` relative to ``base`` when it lies below it."""
+    if not file:
+        return file
+    try:
+        return str(Path(file).resolve().relative_to(base))
+    except ValueError:
+        return file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
