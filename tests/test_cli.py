@@ -86,11 +86,14 @@ def test_training_refuses_a_one_class_cohort_before_any_epoch(chain: dict, tmp_p
     assert not (tmp_path / "run" / "models").exists()
 
 
-def test_training_and_evaluation_name_what_is_missing(tmp_path: Path):
+def test_training_inference_and_evaluation_name_what_is_missing(tmp_path: Path):
     result = run("utils.training", "--profile", "smoke", "--cache", str(tmp_path / "none"),
                  "--out", str(tmp_path / "run"), "--variants", "nope", check=False)
     assert result.returncode == 1
     assert "unknown variant 'nope'" in result.stderr and "no preprocessed cache" in result.stderr
+    result = run("utils.inference.batch", "--profile", "smoke", "--out", str(tmp_path / "run"),
+                 check=False)
+    assert result.returncode == 1 and "no trained model" in result.stderr
     result = run("utils.evaluation", "--profile", "smoke", "--out", str(tmp_path / "run"),
                  check=False)
     assert result.returncode == 1 and "no predictions" in result.stderr

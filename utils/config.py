@@ -11,8 +11,10 @@ smoke test never overwrites the committed figures.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -244,3 +246,29 @@ def paths_with(profile: str | Profile | None = None, manifest: Path | None = Non
         out = Path(run_dir).resolve()
         changes.update(run_dir=out, results_dir=out / "results", figures_dir=out / "figures")
     return replace(get_paths(profile), **changes)
+
+
+def add_run_options(cli: argparse.ArgumentParser, out_help: str) -> None:
+    """The options of every stage command after preprocessing: ``--profile``,
+    ``--manifest``, ``--cache`` and ``--out`` (read back by :func:`run_from_args`)."""
+    cli.add_argument("--profile", default=None, choices=sorted(PROFILES),
+                     help="run size: epochs, batch, seeds, grid (default: RPNET_PROFILE, "
+                     "else demo)")
+    cli.add_argument("--manifest", type=Path, default=None,
+                     help="manifest CSV (default: RPNET_MANIFEST or the profile's phantom)")
+    cli.add_argument("--cache", type=Path, default=None,
+                     help="preprocessed cache folder (default: data/cache/<profile>)")
+    cli.add_argument("--out", type=Path, default=None, help=out_help)
+
+
+def parse_run_args(cli: argparse.ArgumentParser, argv: Sequence[str] | None,
+                   problems_of: Callable[[argparse.Namespace, Paths], list[str]]
+                   ) -> tuple[argparse.Namespace, Profile, Paths] | None:
+    """A stage command's options, with the profile and paths of :func:`add_run_options`';
+    ``None`` after printing every problem ``problems_of`` finds in them (nothing written)."""
+    from utils.errors import print_problems
+
+    args = cli.parse_args(argv)
+    profile = get_profile(args.profile)
+    paths = paths_with(profile, args.manifest, args.cache, args.out)
+    return None if print_problems(problems_of(args, paths)) else (args, profile, paths)

@@ -15,26 +15,16 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from utils.config import MANIFEST_ENV, PROFILES, Paths, get_profile, paths_with
-from utils.errors import print_problems
+from utils.config import MANIFEST_ENV, Paths, add_run_options, parse_run_args
 
 
 def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(prog="python -m utils.evaluation", description=(
         "ROC/AUC with CIs, paired DeLong tests, Dice/HD95, calibration, decision curves and "
         "the figures of notebook 04, from a trained run's predictions."))
-    cli.add_argument("--profile", default=None, choices=sorted(PROFILES),
-                     help="the run's profile (default: RPNET_PROFILE, else demo)")
-    cli.add_argument("--manifest", type=Path, default=None,
-                     help="manifest CSV (default: RPNET_MANIFEST or the profile's phantom); "
-                     "without it, no integrated model and no handcrafted baselines")
-    cli.add_argument("--cache", type=Path, default=None,
-                     help="preprocessed cache folder (default: data/cache/<profile>)")
-    cli.add_argument("--out", type=Path, default=None,
-                     help="the run folder given to python -m utils.training (default: the "
-                     "profile's); results/ and figures/ are written inside it")
+    add_run_options(cli, "the run folder given to python -m utils.training (default: the "
+                    "profile's); results/ and figures/ are written inside it")
     cli.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     cli.add_argument("--seed", type=int, default=2021, help="bootstrap seed")
     return cli
@@ -54,11 +44,9 @@ def input_problems(args: argparse.Namespace, paths: Paths) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate and write; 0 on success, 1 with a message on bad input."""
-    args = parser().parse_args(argv)
-    profile = get_profile(args.profile)
-    paths = paths_with(profile, args.manifest, args.cache, args.out)
-    if print_problems(input_problems(args, paths)):
+    if (parsed := parse_run_args(parser(), argv, input_problems)) is None:
         return 1
+    args, profile, paths = parsed
     from utils.cohort.manifest import load_manifest, patient_table
     from utils.evaluation import figureset, report, results
     from utils.evaluation.evaluate import run_evaluation

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +26,8 @@ from utils.io import save_npz_atomic, write_atomic
 from utils.training.modelcard import read_model_card, run_name, score_from_card
 
 if TYPE_CHECKING:
+    import argparse
+
     from utils.config import Paths
     from utils.training.patients import PatientArrays, TrainData
 
@@ -183,35 +184,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import sys
 
-    from utils.config import PROFILES, get_profile, paths_with
+    from utils.config import add_run_options, parse_run_args
     from utils.training.patients import prepare_data
 
     cli = argparse.ArgumentParser(prog="python -m utils.inference.batch", description=(
         "Predict every preprocessed patient with each trained run; writes predicted masks, "
         "predictions/<run>.csv and results/predictions.csv."))
-    cli.add_argument("--profile", default=None, choices=sorted(PROFILES))
-    cli.add_argument("--manifest", type=Path, default=None, help="default: the profile's")
-    cli.add_argument("--cache", type=Path, default=None, help="default: data/cache/<profile>")
-    cli.add_argument("--out", type=Path, default=None,
-                     help="the run folder given to python -m utils.training")
+    add_run_options(cli, "the run folder given to python -m utils.training (default: the "
+                    "profile's)")
     cli.add_argument("--runs", nargs="+", default=None, help="default: every trained run")
-    args = cli.parse_args(argv)
-    profile = get_profile(args.profile)
-    paths = paths_with(profile, args.manifest, args.cache, args.out)
-    runs = args.runs or paths.trained_runs()
-    missing = [r for r in runs if not paths.model_file(r).exists()]
-    if not runs or missing:
-        print(f"error: no trained model {', '.join(missing) or ''} in {paths.models_dir}: run "
-              "python -m utils.training with the same --profile/--out first", file=sys.stderr)
+    if (parsed := parse_run_args(cli, argv, _missing_models)) is None:
         return 1
+    args, profile, paths = parsed
     try:
         data = prepare_data(profile, paths)
     except (FileNotFoundError, ValueError) as error:  # a bad manifest, cache or cohort
         print(f"error: {error}", file=sys.stderr)
         return 1
-    predict_runs(paths, runs, data)
+    predict_runs(paths, args.runs or paths.trained_runs(), data)
     print(f"wrote {paths.predictions_csv}")
     return 0
+
+
+def _missing_models(args: argparse.Namespace, paths: Paths) -> list[str]:
+    """The trained runs ``--runs`` names (default: all) that have no model file."""
+    runs = args.runs or paths.trained_runs()
+    missing = [r for r in runs if not paths.model_file(r).exists()]
+    if runs and not missing:
+        return []
+    return [f"no trained model {', '.join(missing)} in {paths.models_dir}: run python -m "
+            "utils.training with the same --profile/--out first"]
 
 
 if __name__ == "__main__":

@@ -16,25 +16,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from utils.config import PROFILES, Paths, get_profile, paths_with
-from utils.errors import print_problems
+from utils.config import Paths, add_run_options, parse_run_args
 from utils.model.variants import ALL_VARIANTS, VARIANTS
 
 
 def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(prog="python -m utils.training", description=(
         "Train 3D RP-Net's variants on a preprocessed cohort (resumable)."))
-    cli.add_argument("--profile", default=None, choices=sorted(PROFILES),
-                     help="run size: epochs, batch, seeds, grid (default: RPNET_PROFILE, "
-                     "else demo)")
-    cli.add_argument("--manifest", type=Path, default=None,
-                     help="manifest CSV (default: RPNET_MANIFEST or the profile's phantom)")
-    cli.add_argument("--cache", type=Path, default=None,
-                     help="preprocessed cache folder (default: data/cache/<profile>)")
-    cli.add_argument("--out", type=Path, default=None, help="run folder: models, logs, "
-                     "checkpoints; results/ and figures/ inside it (default: the profile's)")
+    add_run_options(cli, "run folder: models, logs, checkpoints; results/ and figures/ "
+                    "inside it (default: the profile's)")
     cli.add_argument("--variants", nargs="+", default=list(ALL_VARIANTS), metavar="VARIANT",
                      help=f"variants to train (default: all): {', '.join(VARIANTS)}")
     cli.add_argument("--seeds", type=int, default=None,
@@ -65,11 +56,9 @@ def input_problems(args: argparse.Namespace, paths: Paths) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train; 0 on success, 1 with a message on bad input."""
-    args = parser().parse_args(argv)
-    profile = get_profile(args.profile)
-    paths = paths_with(profile, args.manifest, args.cache, args.out)
-    if print_problems(input_problems(args, paths)):
+    if (parsed := parse_run_args(parser(), argv, input_problems)) is None:
         return 1
+    args, profile, paths = parsed
     from utils.training.config import TrainConfig
     from utils.training.patients import prepare_data
     from utils.training.runner import train_all
