@@ -1,4 +1,5 @@
-"""Progress bars in stored notebooks: one timing-free line on stdout (utils/progress.py)."""
+"""Progress bars: a notebook widget in a live kernel; in stored notebooks one timing-free line on
+stdout (utils/progress.py)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,23 @@ def test_live_bar_shows_timings(monkeypatch, capsys):
 def test_disabled_bar_writes_nothing(monkeypatch, capsys):
     run_bar(monkeypatch, static=True, enabled=False)
     assert capsys.readouterr() == ("", "")
+
+
+def test_live_bar_in_a_notebook_is_a_widget_and_leaves_no_stderr(monkeypatch):
+    """In a live kernel (JupyterLab) the bar is tqdm's notebook widget, not stderr text."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from utils.config import ROOT
+
+    code = ("from utils.progress import progress_bar\n"
+            "bar = progress_bar(5, 'preprocess', unit='patient')\n"
+            "for _ in range(5):\n    bar.update()\nbar.close()")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    monkeypatch.delenv(progress.STATIC_ENV, raising=False)  # the kernel inherits this
+    NotebookClient(notebook, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = notebook.cells[0].outputs
+    assert [o for o in outputs if o.output_type == "stream"] == []
+    assert [list(o.get("data", {})) for o in outputs] == [
+        ["text/plain", "application/vnd.jupyter.widget-view+json"]], outputs
