@@ -1,7 +1,7 @@
 # Two commands for a newcomer:  make reproduce   and   make test
 # PROFILE selects the run size: smoke (tests), demo (default), paper (GPU).
 # make PROFILE=x wins over an exported RPNET_PROFILE, which wins over the default (demo).
-PROFILE ?= $(or $(RPNET_PROFILE),demo)
+PROFILE := $(or $(PROFILE),$(RPNET_PROFILE),demo)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python

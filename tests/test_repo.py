@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -166,6 +168,11 @@ def _saved_by_jupyterlab(path: Path) -> dict:
         language_info={"codemirror_mode": {"name": "ipython", "version": 3},
                        "file_extension": ".py", "name": "python", "version": "3.11.9"},
         kernelspec={"display_name": "Python 3", "language": "python", "name": "python3"})
+    code = next(c for c in notebook["cells"] if c["cell_type"] == "code")
+    code["outputs"].append({"output_type": "display_data", "metadata": {}, "data": {  # tqdm
+        "application/vnd.jupyter.widget-view+json": {"model_id": "7152c2", "version_major": 2,
+                                                     "version_minor": 0},
+        "text/plain": ["  0%|          | 0/5"]}})
     return notebook
 
 
@@ -181,10 +188,11 @@ def test_saving_from_jupyterlab_leaves_the_stored_notebook_unchanged(path: Path)
     config = Config()
     namespace = {"c": config, "__file__": str(server_config)}
     exec(server_config.read_text(encoding="utf-8"), namespace)
-    model = {"type": "notebook", "content": nbformat.from_dict(_saved_by_jupyterlab(path))}
+    model = {"type": "notebook", "content": _saved_by_jupyterlab(path)}  # JSON, as sent
     config.FileContentsManager.pre_save_hook(model=model, path=path.name,
                                              contents_manager=None)
-    assert model["content"] == nbformat.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    assert nbformat.writes(nbformat.from_dict(model["content"])) == nbformat.writes(
+        nbformat.reads(path.read_text(encoding="utf-8"), as_version=4))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -292,3 +300,19 @@ def test_numbers_in_the_prose_are_shown_by_the_outputs(path: Path, results_numbe
                    for sentence in prose_sentences("".join(cell["source"]))
                    for number in quoted_numbers(sentence) if not shown(number, evidence)]
     assert unsupported == []
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    ([], {}, "demo"),
+    ([], {"RPNET_PROFILE": "smoke"}, "smoke"),
+    (["PROFILE=paper"], {"RPNET_PROFILE": "smoke"}, "paper"),
+    ([], {"PROFILE": "", "RPNET_PROFILE": "smoke"}, "smoke"),
+])
+def test_make_lab_honours_the_profile_and_allows_root_only_as_root(args, env, expected):
+    """README: ``make PROFILE=x`` wins over an exported RPNET_PROFILE, which wins over demo;
+    ``--allow-root`` is passed only when running as root."""
+    base = {k: v for k, v in os.environ.items() if k not in ("PROFILE", "RPNET_PROFILE")}
+    out = subprocess.run(["make", "-n", "lab", *args], cwd=ROOT, env={**base, **env},
+                         capture_output=True, text=True, check=True).stdout
+    assert f"RPNET_PROFILE={expected} " in out
+    assert ("--allow-root" in out) == (os.getuid() == 0)
