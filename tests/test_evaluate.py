@@ -238,16 +238,30 @@ def test_one_pcr_patient_gives_nan_intervals_and_tests_with_a_reason(eval_run: P
 
 
 # ----------------------------------------------------------------------------- seeds
-def test_seed_average_is_the_mean_logit_and_keeps_one_row_per_patient():
+def test_seed_average_is_the_mean_probability_and_keeps_one_row_per_patient():
     rows = pd.DataFrame({"model": "full", "seed": [0, 1, 2], "patient_id": "P1",
                          "cohort": "training", "centre": "A", "pcr": 1,
                          "score": [0.2, 0.5, 0.9]})
     averaged = pr.seed_average(pd.concat([rows, rows.iloc[[0]].assign(model="other")]))
     full = averaged[averaged["model"] == "full"].iloc[0]
-    expected = 1 / (1 + np.exp(-np.mean(st.logit([0.2, 0.5, 0.9]))))
-    assert full["score"] == pytest.approx(expected) and full["n_seeds"] == 3
+    assert full["score"] == pytest.approx(np.mean([0.2, 0.5, 0.9])) and full["n_seeds"] == 3
     assert len(averaged) == 2 and averaged.loc[averaged["model"] == "other", "score"].item() == (
         pytest.approx(0.2))
+
+
+def test_seed_pair_agreement_counts_same_seed_pairs_in_the_ensembles_direction():
+    seed_aucs = pd.DataFrame({
+        "model": ["full"] * 3 + ["post_only"] * 3, "seed": [0, 1, 2] * 2,
+        "cohort": "internal_validation", "auc": [0.90, 0.80, 0.88, 0.85, 0.86, 0.70]})
+    tests = pd.DataFrame({"cohort": "internal_validation", "model_a": "full",
+                          "model_b": ["post_only", "handcrafted_pred", "volume_gt"],
+                          "diff": [0.05, -0.02, np.nan], "auc_b": [0.80, 0.89, 0.6]})
+    out = comparisons.seed_pair_agreement(tests, seed_aucs).set_index("model_b")
+    # full - post_only per seed: +0.05, -0.06, +0.18 -> 2 of 3 positive like the ensemble
+    assert out.loc["post_only", ["seed_pairs", "seed_pairs_agree"]].tolist() == [3, 2]
+    # against a baseline's single AUC 0.89: -0.01 (seed 1: -0.09), +0.01 -> 2 of 3 negative
+    assert out.loc["handcrafted_pred", ["seed_pairs", "seed_pairs_agree"]].tolist() == [3, 2]
+    assert out.loc["volume_gt", ["seed_pairs", "seed_pairs_agree"]].tolist() == [0, 0]
 
 
 def test_seed_auc_table_has_one_auc_per_seed(eval_run: Path):

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -76,6 +77,58 @@ def test_readout_keeps_the_informative_group_and_zeroes_the_rest():
     assert ro.candidate_sets([("all", 5)]).keys() == {"all"}
     with pytest.raises(ValueError, match="pCR and non-pCR"):
         ro.fit_readout(x, np.zeros(n, int), np.arange(n) % 5, groups)
+
+
+def test_nested_score_of_a_fold_ignores_that_folds_labels_in_selection_too():
+    rng = np.random.default_rng(3)
+    n = 80
+    x = rng.normal(size=(n, 12))
+    y = (x[:, 0] + rng.normal(0, 1.0, n) > 0.3).astype(int)
+    folds = np.arange(n) % 4
+    groups = [("encoder", 6), ("tumour", 6)]
+    before = ro.fit_readout(x, y, folds, groups, c_grid=(0.01, 1.0, 10.0))
+    flipped = y.copy()
+    flipped[folds == 1] = 1 - flipped[folds == 1]
+    after = ro.fit_readout(x, flipped, folds, groups, c_grid=(0.01, 1.0, 10.0))
+    np.testing.assert_array_equal(before.oof[folds == 1], after.oof[folds == 1])
+
+
+def test_null_labels_nested_estimate_is_at_chance_where_the_selected_one_is_not():
+    """The leakage test of the readout's selection: on labels that nothing predicts, the
+    training-cohort score (nested out-of-fold) averages AUC 0.5 over repetitions, while the
+    selected configuration's own CV AUC, the estimate a leaky selection would report, is
+    biased upwards; this test fails if the training scores are made non-nested."""
+    rng = np.random.default_rng(11)
+    groups = [("tumour", 6), ("encoder", 10), ("bottleneck", 10)]
+    nested, selected = [], []
+    for _ in range(16):
+        n = 60
+        x = rng.normal(size=(n, 26))
+        y = rng.permutation(np.r_[np.ones(18, int), np.zeros(n - 18, int)])
+        readout = ro.fit_readout(x, y, np.arange(n) % 5, groups,
+                                 c_grid=(1e-3, 1e-2, 0.1, 1.0, 10.0))
+        nested.append(roc_auc_score(y, readout.oof))
+        selected.append(readout.selected_cv_auc)
+    assert abs(np.mean(nested) - 0.5) < 0.05, np.mean(nested)
+    assert np.mean(selected) - np.mean(nested) > 0.05, (np.mean(selected), np.mean(nested))
+
+
+def test_model_card_stores_the_chosen_weights_with_their_names():
+    rng = np.random.default_rng(4)
+    n = 100
+    x = rng.normal(size=(n, 5)) * [1, 1, 1, 3, 0.5]
+    y = (x[:, 3] - x[:, 4] * 4 + rng.normal(0, 1, n) > 0).astype(int)
+    names = ["join_encoder_tumour_mean[0]", "join_encoder_tumour_mean[1]",
+             "join_encoder_tumour_mean[2]", "log V pre", "log V post/pre"]
+    readout = ro.fit_readout(x, y, np.arange(n) % 5, [("encoder", 3), ("tumour", 2)],
+                             names=names)
+    weights = pd.DataFrame(readout.card()["weights"])
+    assert readout.features == "tumour" and set(weights["feature"]) == {"log V pre",
+                                                                        "log V post/pre"}
+    np.testing.assert_allclose(weights["standardised"],
+                               weights["coef"] * x[:, [names.index(f) for f in
+                                                      weights["feature"]]].std(axis=0))
+    assert (weights["standardised"].abs().diff().dropna() <= 0).all()
 
 
 # ----------------------------------------------------------------------------- baseline

@@ -42,11 +42,26 @@ def derived_rng(base_seed: int, *keys: object) -> np.random.Generator:
     return np.random.default_rng(derive_seed(base_seed, *keys))
 
 
+def cpu_model() -> str:
+    """The CPU's model name and logical core count (``/proc/cpuinfo`` on Linux): bitwise
+    reproduction of trained weights holds on the same CPU model and library versions."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            found = next((line for line in info if line.startswith("model name")), None)
+    except OSError:
+        found = None
+    if found:
+        name = found.split(":", 1)[1].strip()
+    return f"{name} ({os.cpu_count()} logical cores)"
+
+
 def versions() -> dict[str, str]:
     """Versions of Python and of the installed scientific stack (read without importing)."""
     from importlib import metadata
 
-    found = {"python": platform.python_version(), "platform": platform.platform()}
+    found = {"python": platform.python_version(), "platform": platform.platform(),
+             "cpu": cpu_model()}
     for name in PACKAGES:
         try:
             found[name] = metadata.version(name)

@@ -85,3 +85,35 @@ def _paired_row(group: pd.DataFrame, comparison: Comparison, level: float) -> di
     values = (two["auc1"], two["auc2"], two["diff"], two["ci_low"], two["ci_high"], two["z"],
               two["p"], one["p"])
     return {**row, **dict(zip(keys, values, strict=True))}
+
+
+def seed_pair_agreement(tests: pd.DataFrame, seed_aucs: pd.DataFrame | None) -> pd.DataFrame:
+    """``tests`` plus ``seed_pairs`` and ``seed_pairs_agree``: in how many same-seed pairs
+    (seed k of ``model_a`` against seed k of ``model_b``, or against ``model_b``'s single
+    score when it has no seeds, as a baseline) the AUC difference has the ensemble's sign."""
+    out = tests.copy()
+    out["seed_pairs"], out["seed_pairs_agree"] = 0, 0
+    if seed_aucs is None or out.empty:
+        return out
+    per_seed = {key: group.set_index("seed")["auc"]
+                for key, group in seed_aucs.groupby(["model", "cohort"], sort=False)}
+    for index, row in out.iterrows():
+        pairs = _seed_differences(per_seed, row)
+        if pairs.size and np.isfinite(row["diff"]) and row["diff"] != 0:
+            out.loc[index, "seed_pairs"] = int(pairs.size)
+            out.loc[index, "seed_pairs_agree"] = int((np.sign(pairs) == np.sign(row["diff"])).sum())
+    return out
+
+
+def _seed_differences(per_seed: dict[tuple[str, str], pd.Series], row: pd.Series) -> np.ndarray:
+    """Per-seed AUC differences a - b of one comparison in one cohort (finite ones only)."""
+    a = per_seed.get((row["model_a"], row["cohort"]))
+    b = per_seed.get((row["model_b"], row["cohort"]))
+    if a is None:
+        return np.array([])
+    if b is None:
+        diffs = a.to_numpy(float) - row["auc_b"]
+    else:
+        common = a.index.intersection(b.index)
+        diffs = a.loc[common].to_numpy(float) - b.loc[common].to_numpy(float)
+    return diffs[np.isfinite(diffs)]

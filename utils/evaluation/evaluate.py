@@ -27,7 +27,7 @@ from utils.evaluation.cohorttables import (
     decision_curve_table,
     performance_table,
 )
-from utils.evaluation.comparisons import paired_delong_tests
+from utils.evaluation.comparisons import paired_delong_tests, seed_pair_agreement
 from utils.evaluation.labels import HANDCRAFTED_GT, HANDCRAFTED_PRED, INTEGRATED, MAIN_MODEL
 from utils.evaluation.predictions import (
     ID_COLUMNS,
@@ -131,7 +131,8 @@ def run_evaluation(predictions: pd.DataFrame, patients: pd.DataFrame | None = No
     metrics = build_metrics(auc, performance, seg_summary,
                             metrics_meta(profile, data_label, integrated, n_boot),
                             seeds=seed_summary(seed_aucs))
-    return Evaluation(scores, auc, thresholds, performance, paired_delong_tests(scores),
+    tests = seed_pair_agreement(paired_delong_tests(scores), seed_aucs)
+    return Evaluation(scores, auc, thresholds, performance, tests,
                       integrated, seg, seg_summary, curve, brier,
                       decision_curve_table(scores, prob_models), metrics, seed_aucs,
                       handcrafted)

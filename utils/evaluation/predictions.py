@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 
 from utils.evaluation.labels import MAIN_MODEL
-from utils.evaluation.stats import logit
-from utils.measures import auc_or_nan, sigmoid
+from utils.measures import auc_or_nan
 
 ID_COLUMNS = ["patient_id", "cohort", "centre", "pcr"]
 
@@ -52,18 +51,20 @@ def labels_scores(group: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
 
 # ----------------------------------------------------------------------------- seeds
 def seed_average(predictions: pd.DataFrame) -> pd.DataFrame:
-    """One row per model and patient: the mean logit over the model's seeds (a seed
-    ensemble, ``n_seeds`` column); the other columns come from seed 0 (its masks)."""
+    """One row per model and patient: the mean *probability* over the model's seeds (a seed
+    ensemble, ``n_seeds`` column); the other columns come from seed 0 (its masks).
+
+    Probabilities, not logits: a probability is bounded, so one over-confident seed (a
+    readout with a large logit spread) cannot outvote the others, as it can in a mean logit.
+    """
     table = predictions.reset_index(drop=True)
     if "seed" not in table.columns:
         table["seed"] = 0
-    table["_logit"] = logit(table["score"])
     grouped = table.groupby(["model", "patient_id"], sort=False)
-    mean_logit = grouped["_logit"].transform("mean")
     table["n_seeds"] = grouped["seed"].transform("nunique")
-    table["score"] = sigmoid(mean_logit)
+    table["score"] = grouped["score"].transform("mean")
     first = table.sort_values("seed", kind="stable").drop_duplicates(["model", "patient_id"])
-    return first.drop(columns=["_logit"]).sort_index().reset_index(drop=True)
+    return first.sort_index().reset_index(drop=True)
 
 
 def seed_auc_table(predictions: pd.DataFrame) -> pd.DataFrame:

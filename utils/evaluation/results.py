@@ -16,6 +16,7 @@ from utils.evaluation.integrated import IntegratedModel
 from utils.evaluation.labels import IMAGE_ORACLE, ORACLE, ORACLES
 from utils.evaluation.rates import PRIMARY_METHOD, RATES
 from utils.io import write_atomic, write_json_atomic
+from utils.repro import cpu_model
 
 METRIC_KEYS: tuple[str, ...] = ("auc", "auc_ci_low", "auc_ci_high", "sensitivity",
                                 "specificity", "dice_pre", "dice_post", "hd95_pre",
@@ -89,7 +90,7 @@ def metrics_meta(profile: str, data_label: str, integrated: IntegratedModel | No
                  n_boot: int, level: float = 0.95) -> dict:
     """The ``meta`` block of ``metrics.json``: what the numbers are and how they were made."""
     return {
-        "profile": profile, "data": data_label,
+        "profile": profile, "data": data_label, "cpu": cpu_model(),
         "note": "numbers measured on this package's data; for the phantom they are NOT the "
                 "paper's numbers",
         "auc": "Mann-Whitney AUC; CI by DeLong (normal approximation, clipped to [0, 1]); "
@@ -103,10 +104,13 @@ def metrics_meta(profile: str, data_label: str, integrated: IntegratedModel | No
                         "when exactly one mask is empty",
         "integrated_fit": integrated.fit_on if integrated is not None else None,
         "volume_reduction": "score 1 - V_post / V_pre",
-        "seeds": "a model trained with several seeds is scored by its mean logit over the seeds "
-                 "(auc, CIs, tests); auc_seed_mean/sd/min/max summarise the per-seed AUCs",
-        "training_scores": "training-cohort scores of the networks are out-of-fold scores of "
-                           "the cross-validated readout (utils.training.readout)",
+        "seeds": "a model trained with several seeds is scored by its mean probability over "
+                 "the seeds (auc, CIs, tests); auc_seed_mean/sd/min/max summarise the per-seed "
+                 "AUCs; paired_delong_tests.csv counts the same-seed pairs that agree in "
+                 "direction (seed_pairs_agree of seed_pairs)",
+        "training_scores": "training-cohort scores of the networks are nested out-of-fold "
+                           "scores of the cross-validated readout (selection and fit without "
+                           "the scored fold; utils.training.readout)",
         "handcrafted": "logistic regression on log volume ratio, mean post DWI and bright-DWI "
                        "fraction inside the predicted (handcrafted_pred) or ground-truth "
                        "(handcrafted_gt) masks, fitted on the training cohort",

@@ -294,6 +294,29 @@ def head_groups(model: keras.Model) -> list[tuple[str, int]]:
     return groups
 
 
+def head_feature_names(model: keras.Model, sequences: Sequence[str]) -> list[str]:
+    """A readable name for every column of the head vector, in order: ``log V pre``,
+    ``log V post/pre``, ``mean DWI post in post``, ``join_encoder_tumour_mean[3]``, ..."""
+    if "head_concat" not in {layer.name for layer in model.layers}:
+        return [f"head[{i}]" for i in range(int(model.get_layer("pcr").input.shape[-1]))]
+    names: list[str] = []
+    for tensor in model.get_layer("head_concat").input:
+        layer, width = tensor._keras_history.operation.name, int(tensor.shape[-1])
+        names += _block_names(layer, width, list(sequences))
+    return names
+
+
+def _block_names(layer: str, width: int, sequences: list[str]) -> list[str]:
+    if layer == "tumour_log_volumes":
+        return ["log V pre", "log V post", "log V post/pre"][:width] if width != 1 else [
+            "log V"]
+    if layer.startswith("tumour_moments_") and width == 2 * len(sequences):
+        image, where = layer.removeprefix("tumour_moments_").split("_in_")
+        return [f"{stat} {seq} {image} in {where}" for stat in ("mean", "sd")
+                for seq in sequences]
+    return [f"{layer}[{i}]" for i in range(width)]
+
+
 def head_vector_model(model: keras.Model) -> keras.Model:
     """A model from the RP-Net inputs to the head vector that the final ``pcr`` unit reads."""
     return keras.Model(model.inputs, model.get_layer("pcr").input)

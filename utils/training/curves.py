@@ -47,8 +47,9 @@ def plot_training_curves(log_paths: Mapping[str, str | os.PathLike] | Sequence[s
 
 
 def readout_table(models_dir: str | os.PathLike) -> pd.DataFrame:
-    """One row per trained run: the readout's chosen feature set, penalty and out-of-fold
-    AUC over the training cohort (from the model cards)."""
+    """One row per trained run: the readout's chosen feature set and penalty, its nested
+    out-of-fold AUC over the training cohort and the chosen configuration's own
+    (selection-biased) CV AUC, from the model cards."""
     rows = []
     for card_path in sorted(Path(models_dir).glob("*.json")):
         card = json.loads(card_path.read_text())
@@ -56,5 +57,25 @@ def readout_table(models_dir: str | os.PathLike) -> pd.DataFrame:
         rows.append({"run": card_path.stem, "variant": card.get("variant"),
                      "seed": card.get("seed", 0), "best_epoch": card.get("best_epoch", -1) + 1,
                      "readout_features": readout.get("features"), "C": readout.get("C"),
-                     "oof_auc": readout.get("oof_auc")})
+                     "oof_auc": readout.get("oof_auc"),
+                     "selected_cv_auc": readout.get("selected_cv_auc")})
     return pd.DataFrame(rows)
+
+
+def readout_weights(models_dir: str | os.PathLike, variant: str = "full",
+                    top: int = 12) -> pd.DataFrame:
+    """Standardised readout coefficients of every seed of ``variant`` (from the model cards),
+    one column per seed, for the ``top`` head columns by mean absolute weight over seeds
+    (0 where a seed's readout did not choose the column): which inputs carry the pCR score."""
+    columns = {}
+    for card_path in sorted(Path(models_dir).glob("*.json")):
+        card = json.loads(card_path.read_text())
+        weights = (card.get("readout") or {}).get("weights")
+        if card.get("variant") == variant and weights:
+            seed = f"seed {card.get('seed', 0)}"
+            columns[seed] = {w["feature"]: w["standardised"] for w in weights}
+    table = pd.DataFrame(columns).fillna(0.0)
+    if table.empty:
+        return table
+    order = table.abs().mean(axis=1).sort_values(ascending=False).index[:top]
+    return table.loc[order].rename_axis("head feature")

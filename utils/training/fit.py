@@ -36,6 +36,7 @@ from utils.io import atomic_path, write_atomic, write_json_atomic
 from utils.model.compile import compile_rpnet
 from utils.model.rpnet import (
     build_rpnet,
+    head_feature_names,
     head_groups,
     head_vector_model,
     set_readout,
@@ -258,6 +259,6 @@ def refit_readout(model: keras.Model, data: TrainData, cfg: TrainConfig) -> Read
     table = data.patients.set_index("patient_id").loc[ids]
     readout = fit_readout(head_vectors(model, data, ids, variant_of(model), cfg.batch_size),
                           table["pcr"].to_numpy(int), table["fold"].to_numpy(int),
-                          head_groups(model))
+                          head_groups(model), names=head_feature_names(model, data.sequences))
     set_readout(model, readout.coef, readout.intercept)
     return readout
