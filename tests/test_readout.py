@@ -3,6 +3,8 @@ folds and utils.evaluation.baseline."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -167,3 +169,21 @@ def test_handcrafted_model_is_fitted_on_training_rows_only():
     training = rows["cohort"] == "training"
     np.testing.assert_allclose(rows.loc[training, "score"], other_rows.loc[training, "score"])
     assert coef.set_index("feature").loc["post_dwi_mean", "coefficient"] < 0
+
+
+def test_readout_weights_table_has_one_column_per_seed_and_zero_where_unchosen(tmp_path):
+    from utils.training.curves import readout_weights
+
+    cards = {"full": [("log V post/pre", -1.5), ("mean DWI post in post", -0.4)],
+             "full_seed1": [("log V post/pre", -1.1), ("join_encoder_tumour_mean[2]", 0.9)],
+             "post_only": [("log V", 3.0)]}
+    for run, weights in cards.items():
+        card = {"variant": run.split("_seed")[0], "seed": int(run[-1]) if "seed" in run else 0,
+                "readout": {"weights": [{"feature": f, "coef": w, "standardised": w}
+                                        for f, w in weights]}}
+        (tmp_path / f"{run}.json").write_text(json.dumps(card))
+    table = readout_weights(tmp_path, "full", top=2)
+    assert list(table.columns) == ["seed 0", "seed 1"]
+    assert list(table.index) == ["log V post/pre", "join_encoder_tumour_mean[2]"]
+    assert table.loc["join_encoder_tumour_mean[2]", "seed 0"] == 0.0
+    assert table.loc["log V post/pre"].tolist() == [-1.5, -1.1]
