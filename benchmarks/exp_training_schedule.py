@@ -37,16 +37,21 @@ SETTINGS = {"default": {}, "pcr_gradient": {"pcr_gradient": True},
             "no_readout": {"readout": False}}
 
 
-def run(profile: config.Profile, name: str, changes: dict, root: Path) -> dict:
+def run(profile: config.Profile, name: str, changes: dict, root: Path, variant: str = "full",
+        cfg: TrainConfig | None = None) -> dict:
+    """Train ``variant`` with ``TrainConfig(**changes)`` (or ``cfg``) in a temporary run folder
+    on the profile's cache; its validation AUCs, readout and wall time."""
     base = config.get_paths(profile.name)
     paths = config.Paths(base.manifest, base.cache_dir, root / name, root / name / "results")
     data = prepare_data(profile, paths)
-    cfg = TrainConfig(**changes).resolved(profile)
+    cfg = (cfg or TrainConfig(**changes)).resolved(profile)
     start = time.perf_counter()
-    result = fit_variant("full", data, profile, cfg, paths, resume=False)
+    result = fit_variant(variant, data, profile, cfg, paths, resume=False)
     table = predict_runs(paths, [result.model_path.stem], data)
     card = read_model_card(result.model_path) or {}
-    row = {"setting": name, "changes": changes, "seconds": time.perf_counter() - start,
+    row = {"setting": name, "variant": variant, "changes": changes,
+           "seconds": time.perf_counter() - start, "best_epoch": result.best_epoch,
+           "epochs_run": result.epochs_run,
            "readout": (card.get("readout") or {}).get("features"),
            "readout_oof_auc": (card.get("readout") or {}).get("oof_auc")}
     for cohort in ("internal_validation", "external_validation"):

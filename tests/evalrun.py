@@ -4,6 +4,7 @@ conftest.py)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -56,6 +57,17 @@ def _patients(n_per_cohort: int, rng: np.random.Generator) -> pd.DataFrame:
     return table
 
 
+def _roi(patient: pd.Series) -> dict:
+    """The cache's ROI record: training boxes on the mask, validation boxes placed by the
+    localiser, every fourth of them cutting the tumour (scoring only)."""
+    if patient["cohort"] == "training":
+        return {"source": "mask"}
+    number = int("".join(c for c in str(patient["patient_id"]) if c.isdigit()) or 0)
+    inside = {"pre": 0.8, "post": 0.9} if number % 4 == 0 else {"pre": 1.0, "post": 1.0}
+    return {"source": "roi_center_mm", "scoring": {
+        "tumour_inside_pre": inside["pre"], "tumour_inside_post": inside["post"]}}
+
+
 def _write_masks(patient: pd.Series, rng: np.random.Generator, cache_dir: Path,
                  masks_dir: Path, empty_post: bool) -> dict[str, float]:
     centre = (3.5 + rng.uniform(-0.5, 0.5), 7.5 + rng.uniform(-1, 1), 7.5 + rng.uniform(-1, 1))
@@ -66,7 +78,8 @@ def _write_masks(patient: pd.Series, rng: np.random.Generator, cache_dir: Path,
              .astype(np.float32) for t, m in truth.items()}
     save_npz_atomic(cache_dir / f"{patient['patient_id']}.npz", image_pre=image["pre"],
                     image_post=image["post"], mask_pre=truth["pre"], mask_post=truth["post"],
-                    spacing_zyx=np.asarray(SPACING), meta_json=np.asarray("{}"))
+                    spacing_zyx=np.asarray(SPACING),
+                    meta_json=np.asarray(json.dumps({"roi": _roi(patient)})))
     shift = (centre[0], centre[1] + rng.uniform(-1, 1), centre[2])
     pred = {"pre": _sphere(shift, radius_pre * rng.uniform(0.85, 1.1)),
             "post": _sphere(shift, radius_post * rng.uniform(0.8, 1.2))}

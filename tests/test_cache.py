@@ -172,18 +172,18 @@ def test_parallel_run_matches_the_serial_run(cohort_dir, cold_cache, tmp_path):
 def test_cli_passes_its_arguments(monkeypatch, tmp_path):
     seen = {}
 
-    def fake(manifest, out, profile, workers, params, progress=True):
+    def fake(manifest, out, profile, workers, params, progress=True, placements=None):
         seen.update(manifest=manifest, out=out, profile=profile.name, workers=workers,
-                    spacing=params.spacing_zyx, roi=params.roi_zyx)
+                    spacing=params.spacing_zyx, roi=params.roi_zyx, placements=placements)
         return pd.DataFrame({"status": ["ok"]})
 
     monkeypatch.setattr(cli, "run_preprocessing", fake)
     code = cli.main(["--manifest", "m.csv", "--out", str(tmp_path), "--profile", "smoke",
                      "--workers", "3", "--no-progress", "--spacing", "4,2,2",
-                     "--roi", "80,81,80mm"])
+                     "--roi", "80,81,80mm", "--localisation", "none"])
     assert code == 0
     assert seen == {"manifest": Path("m.csv"), "out": tmp_path, "profile": "smoke", "workers": 3,
-                    "spacing": (4.0, 2.0, 2.0), "roi": (20, 41, 40)}
+                    "spacing": (4.0, 2.0, 2.0), "roi": (20, 41, 40), "placements": {}}
 
 
 def test_geometry_options_enter_the_cache_key_and_thin_volumes_are_warned(cohort_dir, cold_cache,

@@ -14,7 +14,8 @@ import pytest
 
 from utils.config import ROOT
 
-STAGES = ("utils.cohort", "utils.cohort.validate", "utils.preprocessing", "utils.training",
+STAGES = ("utils.cohort", "utils.cohort.validate", "utils.localisation", "utils.preprocessing",
+          "utils.training",
           "utils.inference.batch", "utils.inference", "utils.evaluation",
           "utils.manifest", "utils.preprocess", "utils.predict", "utils.train", "utils.evaluate")
 

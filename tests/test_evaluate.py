@@ -102,6 +102,21 @@ def test_dice_matches_the_mask_files(evaluation: ev.Evaluation, eval_run: Path):
         assert row["dice"] == pytest.approx(2 * (a & b).sum() / (a.sum() + b.sum()))
 
 
+def test_segmentation_rows_say_how_much_of_the_tumour_the_roi_held(evaluation: ev.Evaluation,
+                                                                   eval_run: Path):
+    seg = evaluation.segmentation
+    for _, row in seg.iterrows():
+        meta = json.loads(str(np.load(eval_run / "cache" / f"{row['patient_id']}.npz")[
+            "meta_json"]))["roi"]
+        expected = (1.0 if meta["source"] == "mask"
+                    else meta["scoring"][f"tumour_inside_{row['timepoint']}"])
+        assert row["tumour_inside_roi"] == expected
+    cut = seg[seg["tumour_inside_roi"] < 1.0]
+    assert len(cut) and (cut["cohort"] != "training").all()
+    summary = evaluation.seg_summary
+    assert summary["roi_cut"].sum() == len(cut)
+
+
 def test_empty_predicted_mask_gives_zero_dice_and_undefined_hd95(evaluation: ev.Evaluation):
     seg = evaluation.segmentation
     undefined = seg[seg["hd95_mm"].isna()]

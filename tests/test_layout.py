@@ -17,7 +17,8 @@ from utils.config import ROOT
 UTILS = ROOT / "utils"
 SHARED = {"config", "io", "repro", "figures", "progress", "viewer", "errors", "geometry",
           "measures", "parallel"}
-STAGES = ("cohort", "preprocessing", "model", "training", "inference", "evaluation")
+STAGES = ("cohort", "preprocessing", "model", "localisation", "training", "inference",
+          "evaluation")
 ALIASES = {"manifest", "preprocess", "predict", "train", "evaluate"}  # ``python -m utils.X``
 MODULE_LINE_LIMIT = 420  # "about 400 lines"
 
@@ -28,7 +29,7 @@ def module_name(path: Path) -> str:
 
 
 def rank(module: str) -> int:
-    """0 shared, 1..6 the stages in pipeline order, 7 the old entry-point aliases."""
+    """0 shared, 1..7 the stages in pipeline order, 8 the old entry-point aliases."""
     parts = module.split(".")
     if len(parts) == 1:
         return 0

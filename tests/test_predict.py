@@ -103,6 +103,33 @@ def test_predict_without_mask_uses_the_centre_or_a_coarse_pass(tiny_cohort, trai
     assert _same_grid(coarse["mask_post"], read_image(exams["post"]["T2W"]))
 
 
+def test_predict_without_mask_uses_the_trained_localiser(tiny_cohort, trained):
+    """With a localiser beside the model's folder, a new patient needs neither a mask nor a
+    centre; the prediction equals the one with the localiser's centre given by hand and the
+    ground-truth masks passed too (they are then cropped for scoring only)."""
+    from utils.localisation.run import run_localisation
+
+    prof, paths = trained
+    table = run_localisation(paths, "smoke", workers=2, progress=False)
+    pid = table["patient_id"].iloc[0]
+    exams = _exam(tiny_cohort, pid)
+    files = {tp: {s: exams[tp][s] for s in config.SEQUENCES} for tp in ("pre", "post")}
+    model = paths.models_dir / "full.keras"
+    assert pr.default_localiser(model) == paths.localiser_model
+    auto = pr.predict_patient(files["pre"], files["post"], model, prof,
+                              check_registration=False)
+    assert auto["roi_source"] == "localiser" and isinstance(auto["localiser_found"], bool)
+    row = table.iloc[0]
+    centre = [row["centre_x_mm"], row["centre_y_mm"], row["centre_z_mm"]]
+    np.testing.assert_allclose(auto["roi_center_mm"], centre, atol=1e-3)
+    masked = pr.predict_patient(files["pre"], files["post"], model, prof, roi_center_mm=centre,
+                                pre_mask=exams["pre"]["mask"], post_mask=exams["post"]["mask"],
+                                check_registration=False)
+    assert masked["roi_source"] == "given centre"
+    # the QC box differs in size only (extent vs ROI box); no flag, so the same registration
+    assert masked["pcr_raw"] == pytest.approx(auto["pcr_raw"], abs=1e-6)
+
+
 def test_window_starts_cover_the_axis():
     assert pr.window_starts(16, 16) == [0]
     starts = pr.window_starts(50, 16)

@@ -353,6 +353,43 @@ def test_inference_without_masks_uses_the_given_centre(exams, pair):
         pp.preprocess_pair(pre, post, None, None, PARAMS)
 
 
+def test_a_given_centre_makes_the_images_independent_of_the_masks(exams, pair):
+    """Validation patients: the ROI and the registration QC box come from the localiser's
+    placement; with or without the ground-truth masks the images, box and transform are
+    identical, and the masks only add the scoring (centre error, share inside)."""
+    (pre, pre_mask, _), (post, post_mask, _) = exams["pre"], exams["post"]
+    ref = image_from_geometry(pair.meta["reference"])
+    shifted = np.add(pair.meta["roi"]["center_zyx"], (0.0, 3.0, -2.0))
+    centre_mm = ref.TransformContinuousIndexToPhysicalPoint(tuple(shifted[::-1].tolist()))
+    extent_mm = (30.0, 30.0, 20.0)
+    kwargs = {"roi_center_mm": centre_mm, "roi_extent_mm": extent_mm}
+    scored = pp.preprocess_pair(pre, post, pre_mask, post_mask, PARAMS, **kwargs)
+    blind = pp.preprocess_pair(pre, post, None, None, PARAMS, **kwargs)
+    np.testing.assert_array_equal(scored.image_pre, blind.image_pre)
+    np.testing.assert_array_equal(scored.image_post, blind.image_post)
+    assert scored.meta["transform"] == blind.meta["transform"]
+    assert scored.meta["registration"] == blind.meta["registration"]
+    assert scored.meta["roi"]["start_zyx"] == blind.meta["roi"]["start_zyx"]
+    assert scored.meta["roi"]["start_zyx"] != pair.meta["roi"]["start_zyx"]  # not the mask's
+    scoring = scored.meta["roi"]["scoring"]
+    spacing = np.asarray(PARAMS.spacing_zyx)
+    expected = np.linalg.norm(np.asarray([0.0, 3.0, -2.0]) * spacing)
+    assert abs(scoring["centre_error_mm"] - expected) < 1.5 * spacing.max()
+    assert 0 < scoring["tumour_inside_pre"] <= 1.0
+    assert "scoring" in blind.meta["roi"] and blind.meta["roi"]["scoring"] == {}
+
+
+def test_a_centre_that_cuts_the_tumour_is_scored_not_refused(exams, pair):
+    (pre, pre_mask, _), (post, post_mask, _) = exams["pre"], exams["post"]
+    ref = image_from_geometry(pair.meta["reference"])
+    lo = np.asarray(pair.meta["roi"]["tumour_lo_zyx"], float)
+    edge_mm = ref.TransformContinuousIndexToPhysicalPoint(tuple(lo[::-1].tolist()))
+    small = dataclasses.replace(PARAMS, roi_zyx=(4, 8, 8))
+    out = pp.preprocess_pair(pre, post, pre_mask, post_mask, small, roi_center_mm=edge_mm)
+    scoring = out.meta["roi"]["scoring"]
+    assert scoring["tumour_inside_pre"] < 1.0 and scoring["whole_tumour_inside"] is False
+
+
 # ---------------------------------------------------------------- back to original space
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * np.logical_and(a, b).sum() / (a.astype(bool).sum() + b.astype(bool).sum())

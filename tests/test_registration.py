@@ -234,7 +234,7 @@ def test_a_thin_slab_registers(monkeypatch):
 def test_preprocessing_cli_passes_the_registration_mode(monkeypatch, tmp_path):
     seen = {}
 
-    def fake(manifest, out, profile, workers, params=None, progress=True):
+    def fake(manifest, out, profile, workers, params=None, progress=True, placements=None):
         seen["mode"] = params.registration
         return pd.DataFrame({"status": ["ok"]})
 
@@ -252,7 +252,7 @@ def test_prediction_cli_passes_the_registration_mode(monkeypatch, tmp_path):
     seen = {}
 
     def fake(pre, post, model, profile, centre, pre_mask, post_mask, params=None,
-             registration=None):
+             registration=None, localiser=None):
         seen["mode"] = registration
         return {"pcr_probability": 0.5, "roi_source": "given centre", "mask_pre": None,
                 "mask_post": None, "reference_sequence": "T2W"}

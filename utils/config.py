@@ -143,6 +143,11 @@ class Paths:
     predictions_dir = property(lambda self: Path(self.run_dir) / "predictions")
     readout_dir = property(lambda self: Path(self.run_dir) / "readout")
 
+    # the localiser (utils.localisation): its own folder, so it is never taken for a run
+    localiser_model = property(lambda self: localiser_model(self.run_dir))
+    localisation_csv = property(lambda self: localiser_model(self.run_dir).parent
+                                / "localisation.csv")
+
     def model_file(self, run: str) -> Path:
         return self.models_dir / f"{run}.keras"
 
@@ -199,6 +204,12 @@ def processed_csv(cache_dir: str | os.PathLike) -> Path:
 def predicted_masks_file(masks_dir: str | os.PathLike, run: str, patient_id: str) -> Path:
     """One run's predicted masks of one patient (``mask_pre``, ``mask_post``, ROI grid)."""
     return Path(masks_dir) / run / f"{patient_id}.npz"
+
+
+def localiser_model(run_dir: str | os.PathLike) -> Path:
+    """The trained localiser of a run folder (``<run_dir>/localiser/localiser.keras``, its
+    card beside it as ``localiser.json``)."""
+    return Path(run_dir) / "localiser" / "localiser.keras"
 
 
 def metrics_json(results_dir: str | os.PathLike) -> Path:

@@ -6,7 +6,9 @@ model and time point.
 An empty reference (a complete response's post-treatment mask may hold no tumour) is
 scored, never dropped: prediction also empty -> Dice 1, HD95 and MSD 0; prediction not
 empty -> Dice 0, HD95 and MSD NaN (no surface to measure to; counted in the summary's
-``hd95_undefined``). Such rows are marked ``reference_empty``."""
+``hd95_undefined``). Such rows are marked ``reference_empty``. ``tumour_inside_roi`` says
+how much of the tumour the (localiser-placed) ROI held; the summary counts the cut ones
+(``roi_cut``)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from utils.inference.batch import load_predicted_masks
 from utils.preprocessing.cache import load_cached
 
 SEGMENTATION_COLUMNS = ["model", "patient_id", "cohort", "timepoint", "dice", "hd95_mm",
-                        "msd_mm", "vol_pred_ml", "vol_true_ml", "reference_empty"]
+                        "msd_mm", "vol_pred_ml", "vol_true_ml", "reference_empty",
+                        "tumour_inside_roi"]
 
 
 def segmentation_table(masks_dir: str | Path | None, cache_dir: str | Path | None,
@@ -55,6 +58,7 @@ def _patient_segmentation(pred_file: Path, ref_file: Path, model: str, patient_i
     rows = []
     pred, ref = load_predicted_masks(pred_file), load_cached(ref_file)
     spacing = tuple(float(v) for v in ref["spacing_zyx"])
+    roi = ref["meta"].get("roi", {})
     for timepoint in TIMEPOINTS:
         key = f"mask_{timepoint}"
         if key not in pred:
@@ -64,8 +68,18 @@ def _patient_segmentation(pred_file: Path, ref_file: Path, model: str, patient_i
                      "timepoint": timepoint, "dice": m["dice"], "hd95_mm": m["hd95_mm"],
                      "msd_mm": m["msd_mm"], "vol_pred_ml": m["vol_a_ml"],
                      "vol_true_ml": m["vol_b_ml"],
-                     "reference_empty": not bool(np.any(ref[key] > 0))})
+                     "reference_empty": not bool(np.any(ref[key] > 0)),
+                     "tumour_inside_roi": _inside(roi, timepoint)})
     return rows
+
+
+def _inside(roi: dict, timepoint: str) -> float | None:
+    """Share of the exam's ground-truth tumour inside the ROI: 1 for a box placed on the
+    mask (training), the scoring of a localiser-placed box (< 1: the box cut the tumour and
+    Dice is scored on what it holds), None for an empty reference."""
+    if roi.get("source") == "mask":
+        return 1.0
+    return roi.get("scoring", {}).get(f"tumour_inside_{timepoint}")
 
 
 def _q(p: float):
@@ -81,7 +95,7 @@ def segmentation_summary(seg: pd.DataFrame) -> pd.DataFrame:
     empty)."""
     columns = ["cohort", "model", "timepoint", "n", "dice_median", "dice_q25", "dice_q75",
                "dice_mean", "hd95_median", "hd95_q25", "hd95_q75", "hd95_undefined",
-               "msd_median", "msd_q25", "msd_q75"]
+               "msd_median", "msd_q25", "msd_q75", "roi_cut"]
     if seg.empty:
         return pd.DataFrame(columns=columns)
     grouped = seg.groupby(["cohort", "model", "timepoint"], sort=False)
@@ -91,5 +105,7 @@ def segmentation_summary(seg: pd.DataFrame) -> pd.DataFrame:
         hd95_median=("hd95_mm", "median"), hd95_q25=("hd95_mm", _q(0.25)),
         hd95_q75=("hd95_mm", _q(0.75)), hd95_undefined=("hd95_mm", lambda x: int(x.isna().sum())),
         msd_median=("msd_mm", "median"), msd_q25=("msd_mm", _q(0.25)),
-        msd_q75=("msd_mm", _q(0.75))).reset_index()
+        msd_q75=("msd_mm", _q(0.75)),
+        roi_cut=("tumour_inside_roi", lambda x: int((x.astype(float) < 1.0).sum()))
+    ).reset_index()
     return table[columns]

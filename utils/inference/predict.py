@@ -8,14 +8,17 @@ post-to-pre registration, normalisation, ROI crop), the model, and maps each pre
 back onto the ORIGINAL reference-sequence (T2W) grid of its exam
 (:func:`utils.preprocessing.pipeline.roi_to_original`).
 
-Where the ROI goes: on the tumour mask if one is given (as in training), else on
-``roi_center_mm`` (a physical x, y, z point in the pre exam, e.g. clicked in a viewer), else
-a coarse pass: the whole pre-exam field of view is preprocessed once, the model's segmentation
-head slides over it (half-overlapping windows of the ROI size, probabilities averaged), and the
-ROI is centred on the largest predicted component; the pair is then preprocessed again around
-that centre. Variants without a segmentation head fall back to the field-of-view centre. The
-coarse pass sees whole pelves although the model was trained on tumour-centred crops, so it can
-lock onto a wrong structure: check the returned masks, or give a centre.
+Where the ROI goes: on ``roi_center_mm`` if given (a physical x, y, z point in the pre exam,
+e.g. clicked in a viewer), else on the tumour mask if one is given (as in training), else on
+the trained localiser's prediction (:mod:`utils.localisation`, ``runs/<profile>/localiser/``
+beside the model's folder, or ``--localiser``; ``localiser_found`` says whether it found a
+component), else, without a localiser, a coarse pass: the whole pre-exam field of view is
+preprocessed once, the model's segmentation head slides over it (half-overlapping windows of
+the ROI size, probabilities averaged), and the ROI is centred on the most probable predicted
+component; the pair is then preprocessed again around that centre. Variants without a
+segmentation head fall back to the field-of-view centre. The coarse pass sees whole pelves
+although the model was trained on tumour-centred crops, so it can lock onto a wrong structure:
+check the returned masks, or give a centre.
 
 The pCR probability is the model output corrected for the balanced sampling of training
 (:func:`utils.training.modelcard.correct_prior`, from the ``<model>.json`` card written beside
@@ -51,10 +54,11 @@ import SimpleITK as sitk
 
 from utils.cohort.filecheck import read_checked
 from utils.cohort.imageerrors import ImageFileError
-from utils.config import SEQUENCE_NAME, SEQUENCES, Profile, get_profile
+from utils.config import SEQUENCE_NAME, SEQUENCES, Profile, get_profile, localiser_model
 from utils.errors import PreprocessError
 from utils.geometry import reference_grid
 from utils.io import atomic_path, write_json_atomic
+from utils.localisation.locate import component_centre
 from utils.preprocessing.cli import add_params_arguments, params_from_arguments
 from utils.preprocessing.params import PreprocessParams
 from utils.preprocessing.pipeline import preprocess_pair, roi_to_original
@@ -160,16 +164,6 @@ def sliding_window_mask(model: Any, image_pre: np.ndarray, image_post: np.ndarra
     return total / np.maximum(count, 1)
 
 
-def _largest_component_centre(prob: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
-    labels, n = ndimage.label(prob >= 0.5)
-    if n == 0:
-        return np.asarray(np.unravel_index(int(np.argmax(prob)), prob.shape), float)
-    sizes = ndimage.sum(np.ones_like(prob), labels, index=range(1, n + 1))
-    return np.asarray(ndimage.center_of_mass(labels == int(np.argmax(sizes)) + 1))
-
-
 def locate_tumour(pre: Mapping[str, sitk.Image], post: Mapping[str, sitk.Image], model: Any,
                   params: PreprocessParams, check_registration: bool = True
                   ) -> tuple[list[float], str]:
@@ -186,13 +180,32 @@ def locate_tumour(pre: Mapping[str, sitk.Image], post: Mapping[str, sitk.Image],
     prob = sliding_window_mask(model, big.image_pre, big.image_post, params.roi_zyx)
     if prob is None:
         return fov_centre, "field-of-view centre (variant has no segmentation head)"
-    index = np.asarray(big.meta["roi"]["start_zyx"], float) + _largest_component_centre(prob)
+    index = np.asarray(big.meta["roi"]["start_zyx"], float) + component_centre(prob)[0]
     point = ref.TransformContinuousIndexToPhysicalPoint([float(v) for v in index[::-1]])
     return list(point), "coarse sliding-window pass"
 
 
 def _replace_roi(params: PreprocessParams, roi_zyx: tuple[int, ...]) -> PreprocessParams:
     return dataclasses.replace(params, roi_zyx=roi_zyx)
+
+
+def default_localiser(model_path: PathLike) -> Path:
+    """Where training put the localiser of a model: ``runs/<profile>/localiser/``
+    beside ``runs/<profile>/models/`` (:attr:`utils.config.Paths.localiser_model`)."""
+    return localiser_model(Path(model_path).resolve().parent.parent)
+
+
+def localise(pre: Mapping[str, sitk.Image], localiser_path: PathLike,
+             params: PreprocessParams) -> dict[str, Any]:
+    """The trained localiser on the pre exam: ``locate``'s row (centre, found, extent)."""
+    from utils.localisation.coarse import coarse_exam
+    from utils.localisation.locate import locate
+    from utils.localisation.model import config_from_card, load_localiser, predict_maps
+
+    model, card = load_localiser(localiser_path)
+    cfg = config_from_card(card)
+    x, _, grid = coarse_exam(pre, params.sequences, cfg, params)
+    return locate(predict_maps(model, x[None])[0], grid, cfg.threshold)
 
 
 # --------------------------------------------------------------------------- prediction
@@ -203,7 +216,8 @@ def predict_patient(pre_files: Mapping[str, PathLike], post_files: Mapping[str, 
                     post_mask: PathLike | sitk.Image | None = None,
                     check_registration: bool = True,
                     params: PreprocessParams | None = None,
-                    registration: str | None = None) -> dict[str, Any]:
+                    registration: str | None = None,
+                    localiser: PathLike | None = None) -> dict[str, Any]:
     """pCR probability and tumour masks (uint8 ``sitk.Image`` on each exam's original
     reference-sequence grid).
 
@@ -211,7 +225,9 @@ def predict_patient(pre_files: Mapping[str, PathLike], post_files: Mapping[str, 
     ``sequences``, e.g. ``T2W``, ``DWI``) to a file or DICOM folder. ``profile`` sets the
     preprocessing grid and ROI (default: the model card's); ``params`` overrides both.
     ``registration`` (``"strict"``, ``"flag"`` or ``"identity"``) overrides the parameters'
-    registration mode (:mod:`utils.preprocessing.registration`). Returns ``pcr_probability``,
+    registration mode (:mod:`utils.preprocessing.registration`). Without a mask or centre the
+    ROI comes from ``localiser`` (default :func:`default_localiser`) if it exists, else from
+    the coarse sliding-window pass. Returns ``pcr_probability``,
     ``mask_pre``, ``mask_post`` (None for a variant without that head), ``pcr_raw`` (model
     output before the prior correction), ``roi_center_mm`` and ``roi_source``.
     """
@@ -224,11 +240,20 @@ def predict_patient(pre_files: Mapping[str, PathLike], post_files: Mapping[str, 
     pre = _read_exam(pre_files, "pre", params.sequences)
     post = _read_exam(post_files, "post", params.sequences)
     pre_mask, post_mask = _as_mask(pre_mask, "pre mask"), _as_mask(post_mask, "post mask")
-    source = "tumour mask" if pre_mask is not None else "given centre"
-    if pre_mask is None and roi_center_mm is None:
+    source = "given centre" if roi_center_mm is not None else "tumour mask"
+    extent, found = None, None
+    localiser = Path(localiser) if localiser is not None else default_localiser(model_path)
+    if pre_mask is None and roi_center_mm is None and localiser.exists():
+        row = localise(pre, localiser, params)
+        roi_center_mm = [row[c] for c in ("centre_x_mm", "centre_y_mm", "centre_z_mm")]
+        extent = [row[c] for c in ("extent_x_mm", "extent_y_mm", "extent_z_mm")]
+        source, found = "localiser", bool(row["found"])
+        extent = extent if found else None
+    elif pre_mask is None and roi_center_mm is None:
         roi_center_mm, source = locate_tumour(pre, post, model, params, check_registration)
     pair = preprocess_pair(pre, post, pre_mask, post_mask, params, roi_center_mm=roi_center_mm,
-                           patient_id="new", check_registration=check_registration)
+                           patient_id="new", check_registration=check_registration,
+                           roi_extent_mm=extent)
     pred = _predict(model, {"pre": pair.image_pre[None], "post": pair.image_post[None]})
     raw = float(pred["pcr"][0, 0])
     masks = {f"mask_{tp}": roi_to_original(pred[f"mask_{tp}"][0, ..., 0], pair, tp)
@@ -236,7 +261,8 @@ def predict_patient(pre_files: Mapping[str, PathLike], post_files: Mapping[str, 
     return {"pcr_probability": float(score_from_card(np.array([raw]), card)[0]),
             "pcr_raw": raw, **masks,
             "roi_center_mm": None if roi_center_mm is None else [float(v) for v in roi_center_mm],
-            "roi_source": source, "reference_sequence": params.reference_sequence}
+            "roi_source": source, "localiser_found": found,
+            "reference_sequence": params.reference_sequence}
 
 
 def write_outputs(result: Mapping[str, Any], out_dir: PathLike, extra: Mapping[str, Any],
@@ -310,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="trained .keras model")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--center", default=None, help="ROI centre x,y,z (mm, pre exam)")
+    parser.add_argument("--localiser", default=None, help="trained localiser .keras (default: "
+                        "runs/<profile>/localiser/localiser.keras beside the model's folder)")
     parser.add_argument("--profile", default=None, help="preprocessing profile (default: model's)")
     parser.add_argument("--registration", choices=REGISTRATION_MODES, default=None,
                         help="strict: stop if the registration fails QC; flag: record the "
@@ -320,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = {tp: _exam_files(getattr(args, tp), tp) for tp in ("pre", "post")}
         result = predict_patient(files["pre"], files["post"], args.model, args.profile,
                                  _centre(args.center), args.pre_mask, args.post_mask,
-                                 params=_cli_params(args), registration=args.registration)
+                                 params=_cli_params(args), registration=args.registration,
+                                 localiser=args.localiser)
     except (ValueError, OSError, PreprocessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

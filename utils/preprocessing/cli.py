@@ -2,8 +2,8 @@
 
 ``python -m utils.preprocessing --manifest PATH --out DIR [--profile NAME] [--workers N]
 [--registration {strict,flag,identity}] [--spacing Z,Y,X] [--roi Z,Y,X[mm]]
-[--reference-sequence NAME]`` (``python -m utils.preprocess`` is the same) runs
-:func:`utils.preprocessing.run.run_preprocessing`.
+[--reference-sequence NAME] [--localisation CSV|none]`` (``python -m utils.preprocess`` is the
+same) runs :func:`utils.preprocessing.run.run_preprocessing`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from utils.cohort.manifest import ManifestError
 from utils.config import REFERENCE_SEQUENCE, get_paths, get_profile
-from utils.preprocessing.params import PreprocessParams
+from utils.preprocessing.params import PreprocessParams, RoiPlacement, roi_placements
 from utils.preprocessing.registration import MODES as REGISTRATION_MODES
 from utils.preprocessing.run import run_preprocessing
 
@@ -36,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--registration", choices=REGISTRATION_MODES, default="strict",
                         help="strict: a registration failing QC is an error; flag: record "
                         "the QC flags and continue; identity: do not register")
+    parser.add_argument("--localisation", default=None, metavar="CSV|none",
+                        help="validation ROI placements from python -m utils.localisation "
+                        "(default without --manifest: the profile's localisation.csv if it "
+                        "exists; none: every ROI on its tumour mask)")
     add_params_arguments(parser)
     args = parser.parse_args(argv)
     prof = get_profile(args.profile)
@@ -44,11 +50,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = params_from_arguments(args, PreprocessParams.from_profile(
             prof, registration=args.registration))
         table = run_preprocessing(manifest, args.out, prof, args.workers, params=params,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress,
+                                  placements=_placements(args.localisation, prof.name,
+                                                         args.manifest is not None))
     except (ManifestError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0 if (table["status"] == "ok").all() else 1
+
+
+def _placements(option: str | None, profile: str, own_manifest: bool
+                ) -> dict[str, RoiPlacement]:
+    """ROI placements from ``--localisation`` (see its help); says which it used. The
+    profile's table belongs to the profile's manifest, so another manifest needs the option."""
+    if option == "none":
+        return {}
+    path = Path(option) if option else get_paths(profile).localisation_csv
+    if option and not path.exists():
+        raise ValueError(f"localisation table {path} does not exist")
+    if not option and (own_manifest or not path.exists()):
+        print("note: validation ROIs are centred on their tumour masks (run python -m "
+              "utils.localisation and pass --localisation for automatic ROIs)", file=sys.stderr)
+        return {}
+    print(f"ROI placements of validation patients from {path}", file=sys.stderr)
+    return roi_placements(pd.read_csv(path))
 
 
 def _triple(text: str, kind: type) -> tuple:

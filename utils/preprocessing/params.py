@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
 
 from utils.config import REFERENCE_SEQUENCE, SEQUENCE_NAME, SEQUENCES, Profile, as_profile
@@ -139,3 +140,40 @@ class PreprocessedPair:
                 "mask_pre": self.mask_pre, "mask_post": self.mask_post,
                 "spacing_zyx": np.asarray(self.spacing_zyx, dtype=np.float64),
                 "meta_json": np.array(json.dumps(self.meta, sort_keys=True))}
+
+
+@dataclasses.dataclass(frozen=True)
+class RoiPlacement:
+    """Where a patient's ROI goes without its masks: a centre (physical x, y, z in mm, pre
+    exam) and optionally the expected tumour extent (mm), which sizes the local registration
+    QC box as a tumour's bounding box would (:func:`~utils.preprocessing.registration_qc.
+    local_region`). From the localiser (:mod:`utils.localisation`) or a person."""
+
+    center_mm: tuple[float, float, float]
+    extent_mm: tuple[float, float, float] | None = None
+
+    def key(self) -> str:
+        """A stable text for the cache key."""
+        values = [*self.center_mm, *(self.extent_mm or ())]
+        return ",".join(f"{float(v):.6f}" for v in values)
+
+
+# localisation.csv (utils.localisation.run): one row per validation patient
+CENTRE_COLUMNS = ["centre_x_mm", "centre_y_mm", "centre_z_mm"]
+EXTENT_COLUMNS = ["extent_x_mm", "extent_y_mm", "extent_z_mm"]
+LOCALISATION_COLUMNS = ["patient_id", "cohort", *CENTRE_COLUMNS, "found", "max_probability",
+                        "component_ml", *EXTENT_COLUMNS]
+
+
+def roi_placements(table: pd.DataFrame) -> dict[str, RoiPlacement]:
+    """``{patient_id: RoiPlacement}`` from a localisation table: the centre, and the found
+    component's extent (none when nothing was found: the QC box is then the ROI box)."""
+    missing = sorted(set(LOCALISATION_COLUMNS) - set(table.columns))
+    if missing:
+        raise ValueError(f"localisation table lacks the columns {missing}")
+    found = table["found"].astype(str).str.lower() == "true"
+    return {str(r["patient_id"]): RoiPlacement(
+        tuple(float(r[c]) for c in CENTRE_COLUMNS),
+        tuple(float(r[c]) for c in EXTENT_COLUMNS) if ok else None)
+        for (_, r), ok in zip(table.iterrows(), found, strict=True)}
+

@@ -21,8 +21,12 @@ Per patient (all image work in SimpleITK, arrays in NumPy (z, y, x) order):
    reference's transform (assumed aligned with it within an exam);
 5. robust z-score per sequence inside the body mask
    (:func:`utils.preprocessing.intensity.normalise`);
-6. crop a fixed-size ROI centred on the tumour (union of pre and registered post masks),
-   the same box at both time points; boxes leaving the image are padded, never shifted.
+6. crop a fixed-size ROI, the same box at both time points; boxes leaving the image are
+   padded, never shifted. With ``roi_center_mm`` (the localiser's prediction,
+   :mod:`utils.localisation`, or a point a person gave) the box and the registration focus
+   come from that centre alone, and the masks are only cropped for scoring (``meta["roi"]
+   ["scoring"]``: centre error, share of the tumour inside); without it they come from the
+   tumour (union of pre and registered post masks, training patients).
 
 The registration transform ``T`` maps a physical point of the pre exam to the corresponding
 point of the post exam (fixed = pre, moving = post), as ITK resampling expects. Caching a
@@ -69,7 +73,7 @@ from utils.preprocessing.registration import (
     transform_to_meta,
 )
 from utils.preprocessing.registration_qc import local_region
-from utils.preprocessing.roi import choose_roi, crop_padded, tumour_box
+from utils.preprocessing.roi import choose_roi, crop_padded, tumour_box, tumour_coverage
 
 
 # --------------------------------------------------------------------------- N4 policy
@@ -166,12 +170,15 @@ def preprocess_pair(pre_images: Images, post_images: Images,
                     profile: Profile | str | PreprocessParams | None = None,
                     roi_center_mm: Sequence[float] | None = None, patient_id: str = "new",
                     threads: int = 1, check_registration: bool = True,
-                    files: Mapping[str, str] | None = None) -> PreprocessedPair:
+                    files: Mapping[str, str] | None = None,
+                    roi_extent_mm: Sequence[float] | None = None) -> PreprocessedPair:
     """Preprocess one pre/post pair (the inference entry point; also used for training).
 
-    ``*_images`` map sequence name -> image; masks are optional (inference). Without a
-    pre mask the ROI is centred on ``roi_center_mm`` (physical x, y, z in mm, pre space);
-    the alternative is a coarse first pass of the segmentation head on a larger box.
+    ``*_images`` map sequence name -> image; masks are optional (inference). With
+    ``roi_center_mm`` (physical x, y, z in mm, pre space) the ROI and the registration focus
+    come from it and the masks are cropped for scoring only, so the images do not depend on
+    them (``roi_extent_mm``, an expected tumour extent, sizes the local registration QC box);
+    else the ROI is centred on the pre (and registered post) tumour mask.
     Raises :class:`RegistrationError` if the exams do not overlap or the registration QC
     fails in ``params.registration`` mode ``"strict"`` (``check_registration=False`` makes
     it ``"flag"``: the flags are only recorded in ``meta``). ``files`` (``input_files``
@@ -183,7 +190,8 @@ def preprocess_pair(pre_images: Images, post_images: Images,
         _check_inputs(patient_id, images, label, params.sequences, params.reference_sequence)
     with itk_threads(threads):
         return _preprocess_pair(pre_images, post_images, pre_mask, post_mask, params,
-                                roi_center_mm, patient_id, threads, check_registration, files)
+                                roi_center_mm, patient_id, threads, check_registration, files,
+                                roi_extent_mm)
 
 
 def _check_roi_inputs(patient_id: str, mask_pre: np.ndarray | None,
@@ -219,7 +227,8 @@ def _crop_pair(patient_id: str, ref: sitk.Image, params: PreprocessParams,
     """The same ROI box on both time points; outside the image pad with ``clip_lo``."""
     mask_pre, mask_post = masks
     union = None if mask_pre is None else (mask_pre | (0 if mask_post is None else mask_post))
-    roi = choose_roi(patient_id, ref, params.roi_zyx, union, roi_center_mm)
+    roi = choose_roi(patient_id, ref, params.roi_zyx,
+                     None if roi_center_mm is not None else union, roi_center_mm)
     crops, padding = [], None
     for image, timepoint in zip(images, TIMEPOINTS, strict=True):
         pad = [norm[timepoint][seq]["clip_lo"] for seq in params.sequences]
@@ -228,25 +237,28 @@ def _crop_pair(patient_id: str, ref: sitk.Image, params: PreprocessParams,
     roi.update(padding_zyx=padding, padded=bool(np.any(np.asarray(padding) > 0)))
     cropped = [None if m is None else crop_padded(m, roi["start_zyx"], params.roi_zyx, 0)[0]
                for m in masks]
-    if mask_pre is not None and int(cropped[0].sum()) != int(mask_pre.sum()):
+    if roi["source"] == "mask" and int(cropped[0].sum()) != int(mask_pre.sum()):
         raise RoiError(patient_id, "the ROI crop cut the pre-treatment tumour")
+    if roi["source"] != "mask":
+        roi["scoring"] = tumour_coverage(ref, roi["center_zyx"], masks, cropped)
     return crops, cropped, roi
 
 
 def _preprocess_pair(pre_images: Images, post_images: Images, pre_mask: sitk.Image | None,
                      post_mask: sitk.Image | None, params: PreprocessParams,
                      roi_center_mm: Sequence[float] | None, patient_id: str, threads: int,
-                     check_registration: bool, files: Mapping[str, str] | None = None
-                     ) -> PreprocessedPair:
+                     check_registration: bool, files: Mapping[str, str] | None = None,
+                     roi_extent_mm: Sequence[float] | None = None) -> PreprocessedPair:
     """The steps of :func:`preprocess_pair` once its inputs are checked and threads set."""
     clock = {"start": time.perf_counter()}
     reference = params.reference_sequence
     ref = reference_grid(pre_images[reference], params.spacing_zyx)
     mask_pre = _mask_array(pre_mask, ref)
-    _check_roi_inputs(patient_id, mask_pre, roi_center_mm, params)
+    roi_mask = None if roi_center_mm is not None else mask_pre  # a given centre wins
+    _check_roi_inputs(patient_id, roi_mask, roi_center_mm, params)
     pre, post = (_prepare_exam(images, params, threads) for images in (pre_images, post_images))
     clock["n4_resample"] = time.perf_counter()
-    local = local_region(ref, mask_pre, roi_center_mm, params)
+    local = local_region(ref, roi_mask, roi_center_mm, params, roi_extent_mm)
     tx, reg_qc = register_exams(patient_id, pre, post, params, threads, check_registration,
                                 local, files)
     clock["registration"] = time.perf_counter()
@@ -310,7 +322,7 @@ def _exam_rows(patient_rows: pd.DataFrame, patient_id: str, timepoint: str) -> p
     return rows
 
 
-def _read(patient_id: str, path: Any) -> sitk.Image:
+def read_input(patient_id: str, path: Any) -> sitk.Image:
     """One input image; a missing path or any reader failure becomes an InputError."""
     if not isinstance(path, str | os.PathLike) or not str(path) or str(path) == "nan":
         raise InputError(patient_id, f"missing file path {path!r}")
@@ -346,10 +358,10 @@ def preprocess_patient(patient_rows: pd.DataFrame,
     params = (profile if isinstance(profile, PreprocessParams) else PreprocessParams.from_profile(
         profile, sequences=cohort_sequences(patient_rows)))
     files = input_files(patient_rows)
-    images = {timepoint: {seq: _read(patient_id, files[f"{timepoint}_{seq}"])
+    images = {timepoint: {seq: read_input(patient_id, files[f"{timepoint}_{seq}"])
                           for seq in params.sequences if f"{timepoint}_{seq}" in files}
               for timepoint in TIMEPOINTS}
-    masks = {timepoint: _read(patient_id, files[f"{timepoint}_mask"])
+    masks = {timepoint: read_input(patient_id, files[f"{timepoint}_mask"])
              if f"{timepoint}_mask" in files else None for timepoint in TIMEPOINTS}
     return preprocess_pair(images["pre"], images["post"], masks["pre"], masks["post"],
                            params, patient_id=patient_id, threads=threads, files=files,

@@ -75,15 +75,22 @@ def local_similarity(fixed: sitk.Image, moving: sitk.Image, tx: sitk.Transform,
 
 
 def local_region(reference: sitk.Image, tumour_zyx: np.ndarray | None,
-                 centre_mm: Sequence[float] | None, params: PreprocessParams
-                 ) -> sitk.Image | None:
+                 centre_mm: Sequence[float] | None, params: PreprocessParams,
+                 extent_mm: Sequence[float] | None = None) -> sitk.Image | None:
     """The local QC box on ``reference`` (uint8): the tumour's bounding box grown by
-    ``reg_local_margin_mm``, else the ROI box around ``centre_mm``, else None."""
+    ``reg_local_margin_mm``; else the box of ``extent_mm`` (x, y, z; an expected tumour
+    extent) around ``centre_mm`` grown the same way; else the ROI box around ``centre_mm``;
+    else None."""
     shape = np.array(reference.GetSize()[::-1])
+    spacing_zyx = np.array(reference.GetSpacing()[::-1])
     if tumour_zyx is not None and np.any(tumour_zyx):
         idx = np.argwhere(tumour_zyx > 0)
-        grow = np.ceil(params.reg_local_margin_mm / np.array(reference.GetSpacing()[::-1]))
+        grow = np.ceil(params.reg_local_margin_mm / spacing_zyx)
         lo, hi = idx.min(axis=0) - grow, idx.max(axis=0) + grow + 1
+    elif centre_mm is not None and extent_mm is not None:
+        index = reference.TransformPhysicalPointToContinuousIndex([float(v) for v in centre_mm])
+        half = (np.asarray(extent_mm, float)[::-1] / 2 + params.reg_local_margin_mm) / spacing_zyx
+        lo, hi = np.floor(np.array(index[::-1]) - half), np.ceil(np.array(index[::-1]) + half) + 1
     elif centre_mm is not None:
         index = reference.TransformPhysicalPointToContinuousIndex([float(v) for v in centre_mm])
         size = np.array(params.roi_zyx)

@@ -1,4 +1,4 @@
-"""The ROI box: placed on the tumour (or a given centre), cropped with padding, never shifted.
+"""The ROI box: placed on a given centre (or the tumour), cropped with padding, never shifted.
 
 Indices are (z, y, x) on the reference grid. A box leaving the image is padded, so the
 tumour stays centred and the crop's padding is recorded (``padding_zyx``).
@@ -78,3 +78,23 @@ def choose_roi(patient_id: str, reference: sitk.Image, roi_zyx: Sequence[int],
                            f"of the tumour {lo.tolist()}-{hi.tolist()} (a bug in roi_start)")
     info.update(center_zyx=center.tolist(), start_zyx=start.tolist())
     return info
+
+
+def tumour_coverage(reference: sitk.Image, center_zyx: Sequence[float],
+                    masks: Sequence[np.ndarray | None], cropped: Sequence[np.ndarray | None]
+                    ) -> dict[str, Any]:
+    """Scoring of a ROI placed without the masks: the distance (mm) from its centre to the
+    pre tumour's centroid and the share of each exam's tumour inside the box ({} without a
+    pre tumour). Never used to place anything."""
+    if masks[0] is None or not masks[0].any():
+        return {}
+    centroid = np.argwhere(masks[0] > 0).mean(axis=0)
+    points = [np.asarray(reference.TransformContinuousIndexToPhysicalPoint(
+        [float(v) for v in np.asarray(c, float)[::-1]])) for c in (centroid, center_zyx)]
+    inside = {tp: (None if full is None or not full.any()
+                   else round(float(crop.sum()) / float(full.sum()), 4))
+              for tp, full, crop in zip(("pre", "post"), masks, cropped, strict=True)}
+    return {"tumour_centroid_mm": [round(float(v), 3) for v in points[0]],
+            "centre_error_mm": round(float(np.linalg.norm(points[1] - points[0])), 3),
+            "tumour_inside_pre": inside["pre"], "tumour_inside_post": inside["post"],
+            "whole_tumour_inside": all(v in (None, 1.0) for v in inside.values())}

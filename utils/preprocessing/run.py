@@ -23,6 +23,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from utils.errors import InputError, PreprocessError
 from utils.io import checksum, write_json_atomic, write_text_atomic
 from utils.parallel import map_processes
 from utils.preprocessing.cache import cache_key, cached_row, write_cache_entry
-from utils.preprocessing.params import PreprocessedPair, PreprocessParams
+from utils.preprocessing.params import PreprocessedPair, PreprocessParams, RoiPlacement
 from utils.preprocessing.pipeline import input_files, preprocess_patient
 from utils.progress import progress_bar
 
@@ -53,7 +54,8 @@ TABLE_COLUMNS = ["patient_id", "cohort", "centre", "status", "error_type", "erro
                  "reg_dice_before", "reg_dice_after", "reg_translation_mm", "reg_rotation_deg",
                  "reg_iterations", "reg_attempt", "reg_mode", "reg_kept_identity",
                  "reg_translation_from_init_mm", "reg_local_ncc_before", "reg_local_ncc_after",
-                 "reg_flags", "roi_start_zyx", "tumour_extent_zyx", "padded",
+                 "reg_flags", "roi_source", "roi_start_zyx", "tumour_extent_zyx",
+                 "roi_centre_error_mm", "roi_tumour_inside_pre", "roi_whole_tumour", "padded",
                  "padding_zyx", "vol_pre_vox", "vol_post_vox", "sequences", "warnings",
                  "step_seconds"]
 
@@ -61,6 +63,7 @@ TABLE_COLUMNS = ["patient_id", "cohort", "centre", "status", "error_type", "erro
 def _qc_row(pair: PreprocessedPair) -> dict[str, Any]:
     """The QC columns of the processed table for one preprocessed patient."""
     reg, roi = pair.meta["registration"], pair.meta["roi"]
+    scoring = roi.get("scoring", {})
     return {"reg_metric_before": reg["metric_before"], "reg_metric_after": reg["metric_after"],
             "reg_dice_before": reg.get("dice_before"), "reg_dice_after": reg.get("dice_after"),
             "reg_translation_mm": reg["translation_mm"], "reg_rotation_deg": reg["rotation_deg"],
@@ -70,7 +73,10 @@ def _qc_row(pair: PreprocessedPair) -> dict[str, Any]:
             "reg_local_ncc_before": reg.get("local_ncc_before"),
             "reg_local_ncc_after": reg.get("local_ncc_after"),
             "reg_flags": "; ".join(reg["flags"]),
-            "roi_start_zyx": json.dumps(roi["start_zyx"]),
+            "roi_source": roi["source"], "roi_start_zyx": json.dumps(roi["start_zyx"]),
+            "roi_centre_error_mm": scoring.get("centre_error_mm"),
+            "roi_tumour_inside_pre": scoring.get("tumour_inside_pre"),
+            "roi_whole_tumour": scoring.get("whole_tumour_inside"),
             "tumour_extent_zyx": json.dumps(roi.get("tumour_extent_zyx")),
             "padded": roi["padded"], "padding_zyx": json.dumps(roi["padding_zyx"]),
             "vol_pre_vox": int(pair.mask_pre.sum()), "vol_post_vox": int(pair.mask_post.sum()),
@@ -80,8 +86,9 @@ def _qc_row(pair: PreprocessedPair) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- one patient
 def check_cache(patient_rows: pd.DataFrame, params: PreprocessParams,
-                out_dir: str | os.PathLike) -> tuple[dict[str, Any], str | None]:
-    """Hash one patient's inputs and look its cache entry up.
+                out_dir: str | os.PathLike, placement: RoiPlacement | None = None
+                ) -> tuple[dict[str, Any], str | None]:
+    """Hash one patient's inputs (and the ROI centre, if given) and look its entry up.
 
     Returns ``(row, key)``: ``key`` is None when ``row`` is already final (a verified cache
     entry, ``cached=True``, or missing inputs, ``status="error"``); otherwise ``row`` is
@@ -97,7 +104,10 @@ def check_cache(patient_rows: pd.DataFrame, params: PreprocessParams,
         missing = [p for p in files.values() if not Path(str(p)).exists()]
         if missing:
             raise InputError(patient_id, f"missing input file(s): {', '.join(map(str, missing))}")
-        key = cache_key(params, {role: checksum(p) for role, p in files.items()})
+        inputs = {role: checksum(p) for role, p in files.items()}
+        if placement is not None:
+            inputs["roi_placement"] = placement.key()
+        key = cache_key(params, inputs)
     except PreprocessError as exc:
         return {**row, "status": "error", "error_type": type(exc).__name__, "error": str(exc),
                 "cached": False, "seconds": time.perf_counter() - t0}, None
@@ -108,9 +118,10 @@ def check_cache(patient_rows: pd.DataFrame, params: PreprocessParams,
 
 
 def compute_to_cache(patient_rows: pd.DataFrame, params: PreprocessParams,
-                     out_dir: str | os.PathLike, row: dict[str, Any], threads: int = 1
-                     ) -> dict[str, Any]:
-    """Preprocess one patient and write its cache entry; returns the completed table row.
+                     out_dir: str | os.PathLike, row: dict[str, Any], threads: int = 1,
+                     placement: RoiPlacement | None = None) -> dict[str, Any]:
+    """Preprocess one patient (ROI from ``placement`` if given, else on its tumour mask)
+    and write its cache entry; returns the completed table row.
 
     Errors are reported in the row (``status="error"``), not raised. Known preprocessing
     errors are cached too (same inputs and parameters give the same failure); unexpected
@@ -121,7 +132,9 @@ def compute_to_cache(patient_rows: pd.DataFrame, params: PreprocessParams,
     patient_id = row["patient_id"]
     paths = cache_files(out_dir, patient_id)
     try:
-        pair = preprocess_patient(patient_rows, params, threads=threads)
+        hint = {} if placement is None else {"roi_center_mm": placement.center_mm,
+                                             "roi_extent_mm": placement.extent_mm}
+        pair = preprocess_patient(patient_rows, params, threads=threads, **hint)
         pair.meta["cache_key"] = row["cache_key"]
         row.update(status="ok", error_type="", error="", cache_file=paths["npz"].name,
                    **_qc_row(pair))
@@ -165,26 +178,29 @@ def _init_worker(threads: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
-def _compute_job(job: tuple[pd.DataFrame, PreprocessParams, Path, dict[str, Any]]
-                 ) -> dict[str, Any]:
-    """:func:`compute_to_cache` on one ``(rows, params, out_dir, row)`` job (a pool task)."""
-    group, params, out_dir, row = job
-    return compute_to_cache(group, params, out_dir, row)
+Job = tuple[pd.DataFrame, PreprocessParams, Path, dict[str, Any], RoiPlacement | None]
+
+
+def _compute_job(job: Job) -> dict[str, Any]:
+    """:func:`compute_to_cache` on one ``(rows, params, out_dir, row, placement)`` task."""
+    group, params, out_dir, row, placement = job
+    return compute_to_cache(group, params, out_dir, row, placement=placement)
 
 
 def _run_all(groups: list[pd.DataFrame], params: PreprocessParams, out_dir: Path,
-             workers: int, progress: bool) -> list[dict[str, Any]]:
+             workers: int, progress: bool, placements: Mapping[str, RoiPlacement]
+             ) -> list[dict[str, Any]]:
     """Cache look-ups here (cheap), then the patients still to do on ``workers`` processes."""
     bar = progress_bar(len(groups), "preprocess", enabled=progress, unit="patient")
-    rows, todo = [], []
+    rows, jobs = [], []
     for group in groups:
-        row, key = check_cache(group, params, out_dir)
+        placement = placements.get(str(group["patient_id"].iloc[0]))
+        row, key = check_cache(group, params, out_dir, placement)
         if key is None:
             rows.append(row)
             bar.update()
         else:
-            todo.append((group, row))
-    jobs = [(group, params, out_dir, row) for group, row in todo]
+            jobs.append((group, params, out_dir, row, placement))
     rows += map_processes(_compute_job, jobs, workers, ordered=False, spawn=True,
                           initializer=_init_worker, initargs=(1,),
                           on_result=lambda _: bar.update())
@@ -194,13 +210,15 @@ def _run_all(groups: list[pd.DataFrame], params: PreprocessParams, out_dir: Path
 
 def run_preprocessing(manifest_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                       profile: Profile | str | None = None, workers: int | None = None,
-                      params: PreprocessParams | None = None, progress: bool = True
-                      ) -> pd.DataFrame:
+                      params: PreprocessParams | None = None, progress: bool = True,
+                      placements: Mapping[str, RoiPlacement] | None = None) -> pd.DataFrame:
     """Preprocess every patient of a manifest into ``out_dir`` (default: the profile cache).
 
     The manifest is validated first (table and files, :func:`utils.cohort.validate.require_valid`):
     any problem raises :class:`~utils.cohort.manifest.ManifestError` listing them all, before
-    anything is written. The sequences are the manifest's (reference first). Patients run
+    anything is written. The sequences are the manifest's (reference first). A patient in
+    ``placements`` (the localiser's, :func:`utils.localisation.run.roi_placements`) gets its
+    ROI and registration QC box from there; its masks are cropped for scoring only. Patients run
     in parallel (``workers`` processes, default all cores, one ITK thread each). Writes
     and returns ``processed.csv``: one row per patient with QC status, registration
     metrics, geometry warnings, padding and any error; failures are printed, never dropped.
@@ -214,11 +232,16 @@ def run_preprocessing(manifest_path: str | os.PathLike, out_dir: str | os.PathLi
                        profile=checked)
     params = dataclasses.replace(params, sequences=cohort_sequences(
         df, params.reference_sequence))
+    unknown = sorted(set(placements or {}) - set(df["patient_id"].astype(str)))
+    if unknown:
+        raise ValueError(f"ROI placements for patients not in {manifest_path}: "
+                         f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} "
+                         "(a localisation table of another manifest?)")
     out = Path(out_dir) if out_dir is not None else get_paths(prof.name).cache_dir
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out)
     groups = [g for _, g in df.groupby("patient_id", sort=True)]
-    rows = _run_all(groups, params, out, workers, progress)
+    rows = _run_all(groups, params, out, workers, progress, placements or {})
     table = pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
     table = table.sort_values("patient_id").reset_index(drop=True)
     write_text_atomic(processed_csv(out), table.to_csv(index=False))
