@@ -76,6 +76,7 @@ def predict_maps(model: keras.Model, x: np.ndarray, batch_size: int = 4) -> np.n
 
 
 def config_from_card(card: Mapping[str, Any]) -> LocaliserConfig:
+    """The configuration a localiser was trained with (its card's ``config``)."""
     stored = dict(card["config"])
     return LocaliserConfig(**{k: tuple(v) if isinstance(v, list) else v
                               for k, v in stored.items()})
