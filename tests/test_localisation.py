@@ -150,3 +150,16 @@ def test_placements_of_patients_outside_the_manifest_are_refused(cohort, tmp_pat
                           placements={"XX999": RoiPlacement((0.0, 0.0, 0.0))})
     assert not any(tmp_path.glob("*.npz"))
 
+
+def test_a_training_patient_without_a_mask_is_named_and_nothing_is_written(cohort, tmp_path):
+    from utils.errors import InputError
+
+    manifest = pd.read_csv(cohort)
+    manifest.loc[manifest["patient_id"] == "TR002", "mask_path"] = ""
+    broken = cohort.parent / "no_mask_manifest.csv"
+    manifest.to_csv(broken, index=False)
+    paths = _paths(broken, tmp_path)
+    with pytest.raises(InputError, match=r"TR002.*pre_mask"):
+        run_localisation(paths, "smoke", workers=1, progress=False)
+    assert not paths.localiser_model.exists() and not paths.localisation_csv.exists()
+

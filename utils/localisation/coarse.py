@@ -19,6 +19,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from utils.config import Profile, as_profile
+from utils.errors import InputError
 from utils.geometry import image_from_geometry, resample
 from utils.parallel import map_processes
 from utils.preprocessing.intensity import body_mask, normalise
@@ -108,6 +109,11 @@ def _coarse_job(job: tuple[pd.DataFrame, LocaliserConfig, PreprocessParams, bool
     sequences = params.sequences
     patient_id = str(rows["patient_id"].iloc[0])
     files = input_files(rows)
+    needed = [f"pre_{seq}" for seq in sequences] + (["pre_mask"] if with_mask else [])
+    missing = [key for key in needed if key not in files]
+    if missing:
+        raise InputError(patient_id, f"the localiser needs {', '.join(missing)} (no such "
+                         "manifest row or mask_path)")
     images = {seq: read_input(patient_id, files[f"pre_{seq}"]) for seq in sequences}
     mask = read_input(patient_id, files["pre_mask"]) if with_mask else None
     x, y, grid = coarse_exam(images, sequences, cfg, params, mask)

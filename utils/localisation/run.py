@@ -41,20 +41,21 @@ def run_localisation(paths: Paths, profile: Profile | str | None = None,
     cohorts = manifest.groupby("patient_id")["cohort"].first()
     training = sorted(cohorts.index[cohorts == "training"])
     others = sorted(cohorts.index[cohorts != "training"])
+    if not training:
+        raise ValueError(f"{paths.manifest}: no training-cohort patient to train the localiser")
     workers = workers or os.cpu_count() or 1
+    # every input is read before anything is written: a bad file leaves no new model
     x, y, _ = coarse_cohort(manifest, training, cfg, params, True, workers, progress,
                             "coarse training")
+    xv, _, grids = (coarse_cohort(manifest, others, cfg, params, False, workers, progress,
+                                  "coarse validation") if others else (None, None, []))
     card = {"sequences": list(params.sequences), "preprocessing": params.to_dict(),
             "profile": prof.name}
     model = fit_localiser(x, y, cfg, prof.seed, paths.localiser_model, card)
-    rows = []
-    if others:
-        xv, _, grids = coarse_cohort(manifest, others, cfg, params, False, workers, progress,
-                                     "coarse validation")
-        maps = predict_maps(model, xv, cfg.batch_size)
-        rows = [{"patient_id": pid, "cohort": cohorts[pid],
-                 **locate(prob, grid_image(geom), cfg.threshold)}
-                for pid, prob, geom in zip(others, maps, grids, strict=True)]
+    maps = predict_maps(model, xv, cfg.batch_size) if others else []
+    rows = [{"patient_id": pid, "cohort": cohorts[pid],
+             **locate(prob, grid_image(geom), cfg.threshold)}
+            for pid, prob, geom in zip(others, maps, grids, strict=True)]
     table = pd.DataFrame(rows, columns=LOCALISATION_COLUMNS)
     write_text_atomic(paths.localisation_csv, table.to_csv(index=False))
     return table
